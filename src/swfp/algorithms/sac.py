@@ -1,0 +1,133 @@
+"""Soft Actor-Critic with a tanh-squashed Gaussian actor (Haarnoja et al., 2018, arXiv 1812.05905).
+
+Used to train the experts that generate demonstrations, and (in the baselines) as Gaussian SAC
+from scratch / RLPD. Settings follow the paper's v2 defaults as implemented by CleanRL's
+``sac_continuous_action.py`` and Stable-Baselines3: two critics with clipped double-Q targets,
+Polyak rate 0.005, learning rates 3e-4, batch 256, γ = 0.99, automatic temperature toward the
+target entropy ``−dim(A)`` starting at α = 1. The critic ensemble is evaluated in one batched
+pass (:class:`swfp.critic.QEnsemble`); ``layer_norm=True`` gives RLPD's critics.
+
+Actions live in the normalised box ``[-1, 1]^d``:
+
+    a = tanh(u),  u ~ N(μ(s), σ(s)²),
+    log π(a|s) = log N(u; μ, σ²) − Σ_i log(1 − tanh(u_i)² + ε).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from swfp.buffer import Batch
+from swfp.critic import QEnsemble, polyak_update
+from swfp.nets import mlp
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class SACConfig:
+    hidden_dims: tuple[int, ...] = (256, 256)
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    gamma: float = 0.99
+    polyak: float = 0.005
+    batch_size: int = 256
+    init_alpha: float = 1.0
+    target_entropy: float | None = None  # None -> -dim(A)
+    ensemble_size: int = 2
+    layer_norm: bool = False
+
+    def __post_init__(self):
+        self.hidden_dims = tuple(self.hidden_dims)
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0 < self.polyak <= 1:
+            raise ValueError(f"polyak must be in (0, 1], got {self.polyak}")
+        if self.batch_size < 1 or self.init_alpha <= 0:
+            raise ValueError("batch_size must be >= 1 and init_alpha > 0")
+
+
+class GaussianActor(nn.Module):
+    """``s -> (μ, log σ)``; actions ``tanh(μ + σ·ξ)`` with the change-of-variables log-density."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...]):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_dims, 2 * act_dim, activation=nn.ReLU)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self(obs)
+        std = log_std.exp()
+        u = mean + std * torch.randn_like(mean)
+        action = torch.tanh(u)
+        log_prob = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - torch.log1p(-action.pow(2) + 1e-6).sum(-1)
+        return action, log_prob
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32)
+        if deterministic:
+            return torch.tanh(self(obs_t)[0]).numpy()
+        return self.sample(obs_t)[0].numpy()
+
+
+class SAC:
+    """The SAC learner: ``update(batch)`` does one critic, actor and temperature step."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig):
+        self.config = config
+        self.actor = GaussianActor(obs_dim, act_dim, config.hidden_dims)
+        self.critic = QEnsemble(obs_dim, act_dim, config.hidden_dims, config.ensemble_size, config.layer_norm)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
+        self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp().detach()
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        cfg = self.config
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.sample(batch.next_observations)
+            next_q = self.critic_target(batch.next_observations, next_actions).min(0).values
+            target = batch.rewards + cfg.gamma * (1 - batch.terminals) * (next_q - self.alpha * next_log_prob)
+        q = self.critic(batch.observations, batch.actions)
+        critic_loss = F.mse_loss(q, target.expand_as(q)) * q.shape[0]
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        actions, log_prob = self.actor.sample(batch.observations)
+        self.critic.requires_grad_(False)  # the actor step needs dQ/da, not dQ/dθ
+        q_pi = self.critic(batch.observations, actions).mean(0)
+        self.critic.requires_grad_(True)
+        actor_loss = (self.alpha * log_prob - q_pi).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        polyak_update(self.critic_target, self.critic, cfg.polyak)
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
+                "alpha": self.alpha.item(), "entropy": -log_prob.mean().item(), "q": q.mean().item()}

@@ -1,0 +1,78 @@
+"""Replay buffer of transitions ``(s, a, r, s', terminal)`` in a fixed-size numpy ring.
+
+``terminal`` is the environment's ``terminated`` flag only: a time-limit truncation keeps
+bootstrapping (Pardo et al., 2018, "Time Limits in Reinforcement Learning").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Batch:
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    terminals: torch.Tensor
+
+    @staticmethod
+    def concat(parts: list["Batch"]) -> "Batch":
+        return Batch(*(torch.cat([getattr(p, f) for p in parts]) for f in Batch.__dataclass_fields__))
+
+
+class ReplayBuffer:
+    """Ring buffer; ``add`` takes a batch of transitions (one per vector sub-environment)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.observations = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, act_dim), np.float32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.next_observations = np.zeros((capacity, obs_dim), np.float32)
+        self.terminals = np.zeros(capacity, np.float32)
+        self.position = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs, actions, rewards, next_obs, terminals) -> None:
+        n = len(obs)
+        idx = (self.position + np.arange(n)) % self.capacity
+        self.observations[idx] = obs
+        self.actions[idx] = actions
+        self.rewards[idx] = rewards
+        self.next_observations[idx] = next_obs
+        self.terminals[idx] = terminals
+        self.position = int((self.position + n) % self.capacity)
+        self.size = int(min(self.size + n, self.capacity))
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        idx = rng.integers(0, self.size, size=batch_size)
+        return Batch(*(torch.from_numpy(a[idx]) for a in (
+            self.observations, self.actions, self.rewards, self.next_observations, self.terminals)))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays for checkpointing (only the filled part)."""
+        n = self.size
+        return {"observations": self.observations[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
+                "next_observations": self.next_observations[:n], "terminals": self.terminals[:n],
+                "position": np.array(self.position)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        n = len(state["rewards"])
+        if n > self.capacity:
+            raise ValueError(f"checkpointed buffer holds {n} transitions, more than capacity {self.capacity}")
+        for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
+            getattr(self, key)[:n] = state[key]
+        self.size = n
+        self.position = int(state["position"]) % self.capacity

@@ -1,0 +1,113 @@
+"""Metrics to CSV and TensorBoard, and the learning-curve plot written at the end of a run.
+
+Each stream (``train``, ``eval``…) is a wide CSV ``<stream>.csv`` in the run directory with a
+``step`` column first; TensorBoard receives the same scalars under ``<stream>/<name>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+from swfp.runio import atomic_write_text
+
+
+class MetricLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.start = time.time()
+        self._headers: dict[str, list[str]] = {}
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    def log(self, stream: str, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": int(step), "wall_time": round(time.time() - self.start, 3)}
+        row.update({k: float(v) for k, v in metrics.items()})
+        path = self.run_dir / f"{stream}.csv"
+        header = self._headers.get(stream)
+        if header is None and path.exists():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+        if header is None or set(row) - set(header):
+            header = list(dict.fromkeys((header or []) + list(row)))
+            self._rewrite_with_header(path, header)
+        self._headers[stream] = header
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=header).writerow(row)
+        if self._writer is not None:
+            for key, value in metrics.items():
+                if math.isfinite(float(value)):
+                    self._writer.add_scalar(f"{stream}/{key}", float(value), int(step))
+
+    @staticmethod
+    def _rewrite_with_header(path: Path, header: list[str]) -> None:
+        rows = read_csv(path) if path.exists() else []
+        lines = [",".join(header)]
+        lines += [",".join(str(r.get(h, "")) for h in header) for r in rows]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    """Rows of a metrics CSV as floats (empty cells dropped)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+
+
+def plot_learning_curve(run_dir: Path, stream: str, keys: list[str], title: str,
+                        reference_lines: dict[str, float] | None = None, out_name: str = "learning_curve.png") -> Path | None:
+    """Plot ``keys`` of ``<stream>.csv`` against ``step`` into ``run_dir/out_name`` (atomically)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = run_dir / f"{stream}.csv"
+    if not path.exists():
+        return None
+    rows = read_csv(path)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", markersize=3)
+        for label, value in (reference_lines or {}).items():
+            if key.startswith("return"):
+                ax.axhline(value, ls="--", color="gray")
+                ax.annotate(label, (0, value), fontsize=8, color="gray", va="bottom")
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = run_dir / out_name
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def make_progress(transient: bool = False):
+    """A rich progress bar with rate, elapsed and remaining time, plus a free-text status column.
+
+    Drawn on stderr only when it is a terminal, so CI logs and pipes stay clean.
+    """
+    import sys
+
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    console = Console(stderr=True)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                    console=console, transient=transient, disable=not sys.stderr.isatty())

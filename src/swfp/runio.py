@@ -1,0 +1,155 @@
+"""Run directories and checkpoint files: atomic writes, safe tensor loading, provenance.
+
+Every file is written to a temporary sibling and renamed into place (``os.replace`` is atomic on
+POSIX), so a killed process never leaves a half-written result. Weights are stored as
+safetensors: loading never unpickles arbitrary objects. Every run directory gets ``meta.json``
+with the package version, git commit, seed and command line, beside its resolved ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or does not match what it is loaded into."""
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    _atomic(path, write)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: is this a swfp run directory or checkpoint?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt — re-run the "
+                              "command that wrote it") from exc
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a flat dict of tensors as safetensors, atomically."""
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({exc}); "
+                              "re-create it with the command that wrote it") from exc
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """``module.load_state_dict`` with an error that names the file and the mismatch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:4]}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:4]}")
+        if wrong:
+            details.append("shape mismatch " + ", ".join(
+                f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:4]))
+        raise CheckpointError(f"checkpoint {source} does not match the model described by its config "
+                              f"({'; '.join(details)}); it was written by a different model or is corrupt")
+    module.load_state_dict(state)
+
+
+def package_version() -> str:
+    from swfp import __version__
+    return __version__
+
+
+def git_commit() -> str | None:
+    """Commit of the swfp source tree, with ``-dirty`` if it has uncommitted changes."""
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_metadata(run_dir: Path, config: Any, seed: int, kind: str) -> None:
+    """Write ``config.json`` (resolved config) and ``meta.json`` (provenance) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / "config.json", config)
+    atomic_write_json(run_dir / "meta.json", {
+        "kind": kind,
+        "swfp_version": package_version(),
+        "git_commit": git_commit(),
+        "seed": seed,
+        "command": sys.argv,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch_version": torch.__version__,
+    })
