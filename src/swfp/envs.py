@@ -100,7 +100,9 @@ def make_env(task_id: str, seed: int | None = None, render_mode: str | None = No
     _check_spaces(task_id, env)
     ones = np.ones(env.action_space.shape, dtype=np.float32)
     env = gym.wrappers.RescaleAction(env, -ones, ones)
-    env = gym.wrappers.ClipAction(env)
+    # clip, keeping the advertised space [-1, 1] (gymnasium's ClipAction widens it to ±inf)
+    env = gym.wrappers.TransformAction(env, lambda a: np.clip(a, -1.0, 1.0),
+                                       gym.spaces.Box(-ones, ones, dtype=np.float32))
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

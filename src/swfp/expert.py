@@ -27,7 +27,6 @@ from swfp.runio import (CheckpointError, atomic_write_json, load_state_strict, l
 
 MEDIUM_FRACTION = 0.4
 QUALITIES = ("expert", "medium")
-ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 @dataclass
@@ -104,7 +103,7 @@ def train_expert(config: ExpertConfig, out: Path) -> dict:
         "train_seconds": round(time.time() - start, 1),
     }
     atomic_write_json(out / "expert.json", info)
-    plot_learning_curve(out, "eval", ["return_mean"], f"SAC expert on {config.task}")
+    plot_learning_curve(out, [("eval", "return_mean")], f"SAC expert on {config.task}")
     return info
 
 
@@ -116,11 +115,6 @@ def select_medium(snapshots: list[dict]) -> dict:
     in_band = [s for s in candidates if final / 3 <= s["return_mean"] <= final / 2]
     pool = in_band or candidates
     return min(pool, key=lambda s: abs(s["return_mean"] - MEDIUM_FRACTION * final))
-
-
-def shipped_expert_dir(task_id: str) -> Path:
-    """Where the repository ships the expert for a built-in task (``assets/experts/<task>``)."""
-    return ASSETS / "experts" / task_id.split(":")[-1].lower()
 
 
 def load_expert(expert_dir: Path, quality: str) -> tuple[GaussianActor, dict]:

@@ -63,29 +63,30 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
 
 
-def plot_learning_curve(run_dir: Path, stream: str, keys: list[str], title: str,
-                        reference_lines: dict[str, float] | None = None, out_name: str = "learning_curve.png") -> Path | None:
-    """Plot ``keys`` of ``<stream>.csv`` against ``step`` into ``run_dir/out_name`` (atomically)."""
+def plot_learning_curve(run_dir: Path, panels: list[tuple[str, str]], title: str,
+                        reference_lines: dict[str, float] | None = None,
+                        out_name: str = "learning_curve.png") -> Path | None:
+    """One panel per ``(stream, key)``: ``key`` of ``<stream>.csv`` against ``step``, written to
+    ``run_dir/out_name`` (atomically). ``reference_lines`` are drawn on return panels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    path = run_dir / f"{stream}.csv"
-    if not path.exists():
+    panels = [(s, k) for s, k in panels if (run_dir / f"{s}.csv").exists()]
+    if not panels:
         return None
-    rows = read_csv(path)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (stream, key) in zip(axes[0], panels):
+        pts = [(r["step"], r[key]) for r in read_csv(run_dir / f"{stream}.csv") if key in r]
         if pts:
-            ax.plot(*zip(*pts), marker="o", markersize=3)
-        for label, value in (reference_lines or {}).items():
-            if key.startswith("return"):
-                ax.axhline(value, ls="--", color="gray")
-                ax.annotate(label, (0, value), fontsize=8, color="gray", va="bottom")
+            ax.plot(*zip(*pts), marker="o", markersize=3, label=key)
+        if key.startswith("return"):
+            for label, value in (reference_lines or {}).items():
+                ax.axhline(value, ls="--", color="gray", label=label)
+            ax.legend(fontsize=8)
         ax.set_xlabel("step")
-        ax.set_ylabel(key)
+        ax.set_ylabel(f"{stream} {key}")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -95,7 +96,6 @@ def plot_learning_curve(run_dir: Path, stream: str, keys: list[str], title: str,
     plt.close(fig)
     tmp.replace(out)
     return out
-
 
 def make_progress(transient: bool = False):
     """A rich progress bar with rate, elapsed and remaining time, plus a free-text status column.
