@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from swfp.data import DatasetError
 from swfp.envs import TaskError
+from swfp.flow import InversionError
 from swfp.runio import CheckpointError
 
 
@@ -43,6 +45,86 @@ def cmd_expert(args) -> int:
     return 0
 
 
+def cmd_demos(args) -> int:
+    from swfp.demos import generate_demos
+    from swfp.assets import shipped_expert_dir
+
+    expert_dir = Path(args.expert) if args.expert else shipped_expert_dir(args.task)
+    if not (expert_dir / "expert.json").is_file():
+        raise FileNotFoundError(f"no expert at {expert_dir}: train one with `swfp expert --task {args.task} "
+                                f"--out DIR` and pass --expert DIR")
+    dataset = generate_demos(args.task, expert_dir, args.quality, args.episodes, args.seed)
+    path = dataset.save(Path(args.out))
+    returns = dataset.episode_returns()
+    print(f"{args.quality} demonstrations for {args.task}: {len(dataset)} transitions, {len(returns)} episodes, "
+          f"return {returns.mean():.1f} ± {returns.std():.1f} -> {path}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from swfp.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(dataset=args.dataset, task=args.task, steps=args.steps, batch_size=args.batch_size,
+                            lr=args.lr, action_chunk=args.action_chunk, euler_steps=args.euler_steps,
+                            hidden_dims=tuple(args.hidden_dims) if args.hidden_dims else None,
+                            eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed)
+    summary = pretrain(config, Path(args.out))
+    print_comparison(summary)
+    return 0
+
+
+def print_comparison(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ev = summary["bc_eval"]
+    table = Table(title=f"flow BC on {summary['task']} ({summary['steps']} steps, {summary['train_seconds']:.0f} s)")
+    for col in ("policy", "return mean", "± std", "IQM", "episodes"):
+        table.add_column(col, justify="right")
+    table.add_row("dataset", f"{summary['dataset_return_mean']:.1f}", "", "", "")
+    table.add_row("flow BC", f"{ev['return_mean']:.1f}", f"{ev['return_std']:.1f}", f"{ev['return_iqm']:.1f}",
+                  str(ev["episodes"]))
+    Console().print(table)
+
+
+def cmd_eval(args) -> int:
+    from swfp.evaluate import evaluate
+    from swfp.policy import load
+
+    policy = load(args.run)
+    episodes = args.episodes
+    result = evaluate(lambda o: policy.normalized_actions(o, deterministic=args.deterministic), policy.task_id,
+                      episodes, seed=args.seed, action_chunk=policy.action_chunk,
+                      video_dir=Path(args.video) if args.video else None)
+    summary = {"run": str(args.run), "task": policy.task_id, "seed": args.seed,
+               "deterministic": args.deterministic, **result.summary()}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"{args.run} on {policy.task_id} ({'deterministic' if args.deterministic else 'stochastic'})")
+    for key in ("return_mean", "return_std", "return_iqm", "episodes", "episode_length_mean", "success_rate"):
+        value = summary[key]
+        table.add_row(key, "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if args.video:
+        print(f"video -> {Path(args.video) / 'episode_0.mp4'}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    """The README's main job (for now): BC on the shipped Hopper medium data, then evaluation."""
+    from swfp.assets import shipped_dataset
+    from swfp.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(dataset=str(shipped_dataset("Hopper-v5")), steps=args.steps, seed=args.seed)
+    summary = pretrain(config, Path(args.out))
+    print_comparison(summary)
+    print(f"run directory: {args.out} (policy, config, metrics, learning_curve.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swfp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +140,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=_positive(int), default=5)
     p.add_argument("--out", required=True, help="expert directory to write")
     p.set_defaults(func=cmd_expert)
+
+    p = sub.add_parser("demos", help="roll out an expert to make a D4RL-style dataset (.npz)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--quality", choices=["expert", "medium"], default="medium")
+    p.add_argument("--episodes", type=_positive(int), default=50)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--expert", default=None, help="expert directory (default: the one shipped for the task)")
+    p.add_argument("--out", required=True, help="dataset file to write (.npz)")
+    p.set_defaults(func=cmd_demos)
+
+    p = sub.add_parser("pretrain", help="behaviour-clone a flow policy by flow matching")
+    p.add_argument("--dataset", required=True, help=".npz, D4RL .hdf5, Minari directory or robomimic .hdf5")
+    p.add_argument("--task", default=None, help="Gymnasium id (default: the task recorded in the dataset)")
+    p.add_argument("--steps", type=_positive(int), default=100_000)
+    p.add_argument("--batch-size", type=_positive(int), default=256)
+    p.add_argument("--lr", type=_positive(float), default=3e-4)
+    p.add_argument("--euler-steps", type=_positive(int), default=10, help="K, Euler steps of the sampler")
+    p.add_argument("--hidden-dims", type=_positive(int), nargs="+", default=None,
+                   help="velocity network widths (default: the task's, 256 256 256 for Hopper)")
+    p.add_argument("--action-chunk", type=_positive(int), default=None, help="H, actions per chunk (task default)")
+    p.add_argument("--eval-every", type=_nonnegative_int, default=0, help="gradient steps between evaluations")
+    p.add_argument("--eval-episodes", type=_positive(int), default=None)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
+    p.add_argument("run", help="run directory (or its policy.json / policy.safetensors)")
+    p.add_argument("--episodes", type=_positive(int), default=10)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--deterministic", action="store_true", help="start every chain from the noise mean x0 = 0")
+    p.add_argument("--video", default=None, help="directory for an MP4 of the first episode")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quickstart", help="the main job: BC on the shipped Hopper medium data, then evaluation")
+    p.add_argument("--steps", type=_positive(int), default=20_000)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", default="runs/quickstart")
+    p.set_defaults(func=cmd_quickstart)
     return parser
 
 
@@ -66,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (TaskError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (TaskError, CheckpointError, DatasetError, InversionError, ValueError, FileNotFoundError) as exc:
         print(f"swfp {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

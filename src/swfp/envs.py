@@ -60,16 +60,16 @@ def task_spec(task_id: str) -> TaskSpec:
     """
     if task_id in BUILTIN_TASKS:
         return BUILTIN_TASKS[task_id]
-    env = _make_raw(task_id)
+    env = make_raw_env(task_id)
     try:
-        _check_spaces(task_id, env)
+        check_spaces(task_id, env)
         steps = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 1000
     finally:
         env.close()
     return TaskSpec(task_id, max_episode_steps=int(steps))
 
 
-def _make_raw(task_id: str, **kwargs) -> gym.Env:
+def make_raw_env(task_id: str, **kwargs) -> gym.Env:
     try:
         return gym.make(task_id, **kwargs)
     except (gym.error.Error, ModuleNotFoundError, ImportError, AttributeError) as exc:
@@ -79,7 +79,7 @@ def _make_raw(task_id: str, **kwargs) -> gym.Env:
         ) from exc
 
 
-def _check_spaces(task_id: str, env: gym.Env) -> None:
+def check_spaces(task_id: str, env: gym.Env) -> None:
     if not isinstance(env.action_space, gym.spaces.Box):
         raise TaskError(f"task {task_id!r} has a {type(env.action_space).__name__} action space; "
                         "swfp needs a continuous Box action space")
@@ -96,8 +96,8 @@ def make_env(task_id: str, seed: int | None = None, render_mode: str | None = No
     kwargs = {"render_mode": render_mode} if render_mode else {}
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
-    env = _make_raw(task_id, **kwargs)
-    _check_spaces(task_id, env)
+    env = make_raw_env(task_id, **kwargs)
+    check_spaces(task_id, env)
     ones = np.ones(env.action_space.shape, dtype=np.float32)
     env = gym.wrappers.RescaleAction(env, -ones, ones)
     # clip, keeping the advertised space [-1, 1] (gymnasium's ClipAction widens it to ±inf)

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from swfp.envs import make_env, success_from_info, task_spec
+from swfp.runio import atomic_write
 
 # action_fn(observations (B, obs_dim)) -> actions (B, H * act_dim) in [-1, 1]
 ActionFn = Callable[[np.ndarray], np.ndarray]
@@ -103,10 +104,10 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
     """Write RGB frames as an H.264 MP4 (imageio-ffmpeg), atomically."""
     import imageio.v2 as imageio
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")
-    with imageio.get_writer(tmp, fps=int(round(fps)), codec="libx264", macro_block_size=1) as writer:
-        for frame in frames:
-            writer.append_data(frame)
-    tmp.replace(path)
-    return path
+    def write(tmp):
+        with imageio.get_writer(tmp, format="FFMPEG", fps=int(round(fps)), codec="libx264",
+                                macro_block_size=1) as writer:
+            for frame in frames:
+                writer.append_data(frame)
+    atomic_write(Path(path), write)
+    return Path(path)

@@ -28,10 +28,11 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or does not match what it is loaded into."""
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -51,7 +52,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -88,7 +89,7 @@ def read_json(path: Path) -> dict:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save a flat dict of tensors as safetensors, atomically."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,133 @@
+"""The user-facing flow policy: numpy in, numpy out, environment action units.
+
+A :class:`Policy` bundles the flow (which acts on normalised observations in the normalised action
+box) with the observation statistics of its training data and the task's action bounds, so a
+checkpoint is self-contained. On disk (a run directory or any directory holding these two files):
+
+* ``policy.json`` — format version, task id, sizes, action chunk, flow config, action bounds;
+* ``policy.safetensors`` — flow weights (``flow.*``) and ``obs_mean`` / ``obs_std``.
+
+Densities in environment units follow from the affine map ``a_env = low + (a + 1)(high − low)/2``:
+``log π_env(a_env|s) = log π(a|s) − H · Σ_i log((high_i − low_i)/2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swfp.flow import FlowConfig, FlowPolicy
+from swfp.runio import CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json, save_tensors
+
+FORMAT_VERSION = 1
+
+
+class Policy:
+    """A flow policy ready to act: ``predict(obs)`` and ``log_prob(obs, actions)`` in env units."""
+
+    def __init__(self, flow: FlowPolicy, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray,
+                 action_low: np.ndarray, action_high: np.ndarray, action_chunk: int = 1):
+        self.flow = flow.eval()
+        self.task_id = task_id
+        self.obs_mean = torch.as_tensor(obs_mean, dtype=torch.float32)
+        self.obs_std = torch.as_tensor(obs_std, dtype=torch.float32)
+        self.action_low = np.asarray(action_low, dtype=np.float32)
+        self.action_high = np.asarray(action_high, dtype=np.float32)
+        self.action_chunk = int(action_chunk)
+        self.act_dim = int(self.action_low.shape[0])
+        if flow.act_dim != self.act_dim * self.action_chunk:
+            raise CheckpointError(f"flow action size {flow.act_dim} != chunk {self.action_chunk} × action size "
+                                  f"{self.act_dim}: the checkpoint's config does not match its weights")
+
+    # -- acting ---------------------------------------------------------------------------------
+    def normalize_obs(self, obs) -> torch.Tensor:
+        obs = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        if obs.shape[-1] != self.obs_mean.shape[0]:
+            raise ValueError(f"observations have size {obs.shape[-1]}, the policy for {self.task_id} "
+                             f"expects {self.obs_mean.shape[0]}")
+        return (obs - self.obs_mean) / self.obs_std
+
+    @torch.no_grad()
+    def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Flattened action chunks ``(B, H·d)`` in ``[-1, 1]`` units (what the envs of swfp take)."""
+        return self.flow.sample(self.normalize_obs(obs), deterministic=deterministic)[0].numpy()
+
+    def predict(self, obs, deterministic: bool = False) -> np.ndarray:
+        """Actions in environment units: ``(B, d)``, or ``(B, H, d)`` for chunked policies; a single
+        observation ``(obs_dim,)`` gives a single action. ``deterministic`` starts the chain from the
+        noise mean ``x0 = 0``. Actions are clipped to the box, as the environment would."""
+        obs = np.asarray(obs, dtype=np.float32)
+        single = obs.ndim == 1
+        a = np.clip(self.normalized_actions(obs[None] if single else obs, deterministic), -1.0, 1.0)
+        a = a.reshape(len(a), self.action_chunk, self.act_dim)
+        a = self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
+        if self.action_chunk == 1:
+            a = a[:, 0]
+        return a[0] if single else a
+
+    @torch.no_grad()
+    def log_prob(self, obs, actions) -> np.ndarray:
+        """Exact log-density of env-unit ``actions`` (``(B, d)`` or ``(B, H, d)``) under the Euler chain.
+
+        Raises :class:`swfp.flow.InversionError` when an action cannot be traced back through the
+        chain (far outside the policy's support, or a velocity field too steep for its step size).
+        """
+        obs = np.asarray(obs, dtype=np.float32)
+        actions = np.asarray(actions, dtype=np.float32).reshape(len(obs), self.action_chunk, self.act_dim)
+        scale = 0.5 * (self.action_high - self.action_low)
+        normalized = (actions - self.action_low) / scale - 1.0
+        logp = self.flow.log_prob(self.normalize_obs(obs), torch.as_tensor(normalized.reshape(len(obs), -1)))
+        return logp.numpy() - self.action_chunk * float(np.log(scale).sum())
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        tensors = {f"flow.{k}": v for k, v in self.flow.state_dict().items()}
+        tensors.update(obs_mean=self.obs_mean, obs_std=self.obs_std)
+        save_tensors(directory / "policy.safetensors", tensors)
+        atomic_write_json(directory / "policy.json", {
+            "format_version": FORMAT_VERSION, "task": self.task_id, "obs_dim": int(self.obs_mean.shape[0]),
+            "act_dim": self.act_dim, "action_chunk": self.action_chunk, "flow": asdict(self.flow.config),
+            "action_low": self.action_low.tolist(), "action_high": self.action_high.tolist()})
+        return directory
+
+    @classmethod
+    def load(cls, path: Path) -> "Policy":
+        directory = resolve_policy_dir(path)
+        spec = read_json(directory / "policy.json")
+        if spec.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{directory / 'policy.json'} has format version {spec.get('format_version')}, "
+                                  f"this swfp reads version {FORMAT_VERSION}")
+        try:
+            flow = FlowPolicy(spec["obs_dim"], spec["act_dim"] * spec["action_chunk"], FlowConfig(**spec["flow"]))
+            tensors = load_tensors(directory / "policy.safetensors")
+            obs_mean, obs_std = tensors.pop("obs_mean"), tensors.pop("obs_std")
+            load_state_strict(flow, {k.removeprefix("flow."): v for k, v in tensors.items()},
+                              directory / "policy.safetensors")
+            if obs_mean.shape != (spec["obs_dim"],) or not torch.all(obs_std > 0):
+                raise CheckpointError(f"{directory / 'policy.safetensors'}: observation statistics do not match "
+                                      f"obs_dim {spec['obs_dim']} or have non-positive std")
+            return cls(flow, spec["task"], obs_mean.numpy(), obs_std.numpy(), np.array(spec["action_low"]),
+                       np.array(spec["action_high"]), spec["action_chunk"])
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{directory} has an incomplete or mismatched checkpoint ({exc!r}); "
+                                  "re-create it with `swfp pretrain`") from exc
+
+
+def resolve_policy_dir(path: Path) -> Path:
+    """A run directory, or the path of its ``policy.json`` / ``policy.safetensors``."""
+    path = Path(path)
+    if path.is_file() and path.name in ("policy.json", "policy.safetensors"):
+        path = path.parent
+    if not (path / "policy.json").is_file():
+        raise CheckpointError(f"no swfp policy at {path}: expected a run directory with policy.json and "
+                              "policy.safetensors (made by `swfp pretrain` or `swfp finetune`)")
+    return path
+
+
+def load(path) -> Policy:
+    """Load a policy from a run directory or checkpoint file (``swfp.load``)."""
+    return Policy.load(Path(path))
