@@ -47,7 +47,8 @@ def user_module(tmp_path, monkeypatch):
                 self.x = np.clip(self.x + 0.1 * action, -10, 10).astype(np.float32)
                 return self.x.copy(), -float(np.sum(self.x ** 2)), False, False, {"success": bool(np.sum(self.x ** 2) < 0.01)}
 
-        gym.register("Reach-v0", entry_point=Reach, max_episode_steps=7)
+        if "Reach-v0" not in gym.registry:
+            gym.register("Reach-v0", entry_point=Reach, max_episode_steps=7)
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "swfp_user_envs:Reach-v0"
@@ -68,3 +69,12 @@ def test_user_module_task_and_time_limit_is_truncation(user_module):
     assert not np.allclose(real_next, next_obs)
     np.testing.assert_allclose(real_next, info["final_obs"].astype(np.float32) if info["final_obs"].dtype != object
                                else np.stack(info["final_obs"]))
+
+
+def test_evaluation_reports_success_where_the_task_defines_it(user_module):
+    from swfp.evaluate import evaluate
+
+    toward_origin = evaluate(lambda o: -np.clip(5 * o, -1, 1), user_module, episodes=4, seed=0)
+    away = evaluate(lambda o: np.clip(5 * o, -1, 1), user_module, episodes=4, seed=0)
+    assert toward_origin.summary()["success_rate"] > away.summary()["success_rate"] == 0.0
+    assert evaluate(lambda o: np.zeros((len(o), 3)), "Hopper-v5", 1, seed=0).summary()["success_rate"] is None

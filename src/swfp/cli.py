@@ -125,6 +125,14 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_bench_envs(args) -> int:
+    from swfp.bench import bench_envs
+
+    bench_envs(args.task, args.num_envs, args.steps, Path(args.out))
+    print((Path(args.out) / "envs.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swfp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--out", default="runs/quickstart")
     p.set_defaults(func=cmd_quickstart)
+
+    bench = sub.add_parser("bench", help="measure speed on this machine (tables and CSV)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser("envs", help="synchronous vs asynchronous vector-env stepping")
+    p.add_argument("--task", default="Hopper-v5")
+    p.add_argument("--num-envs", type=_positive(int), nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--steps", type=_positive(int), default=2000, help="vector steps timed per setting")
+    p.add_argument("--out", default="benchmarks/results/envs")
+    p.set_defaults(func=cmd_bench_envs)
     return parser
 
 

@@ -200,7 +200,7 @@ def _check_lengths(fields: dict[str, np.ndarray], where: str = "") -> None:
                            "inconsistently")
 
 
-def _build(fields: dict[str, np.ndarray], metadata: dict) -> Dataset:
+def build_dataset(fields: dict[str, np.ndarray], metadata: dict) -> Dataset:
     """Turn raw field arrays into a :class:`Dataset` with checked shapes and canonical dtypes.
 
     Missing metadata gets defaults; ``episode_returns`` is computed from the rewards if absent.
@@ -295,7 +295,7 @@ def read_npz(path) -> Dataset:
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise DatasetError(f"file is corrupt or empty, not a readable .npz without pickled objects "
                                f"({type(exc).__name__}: {exc}); regenerate it with Dataset.save") from exc
-        return _build(fields, _parse_json(metadata_json, "'metadata_json'"))
+        return build_dataset(fields, _parse_json(metadata_json, "'metadata_json'"))
 
 
 def read_d4rl_hdf5(path) -> Dataset:
@@ -316,8 +316,8 @@ def read_d4rl_hdf5(path) -> Dataset:
         derive = "next_observations" not in fields
         if derive:
             fields["next_observations"] = fields["observations"]  # placeholder, replaced below
-        dataset = _build(fields, metadata)
-        return _build(_derive_next_observations(dataset), metadata) if derive else dataset
+        dataset = build_dataset(fields, metadata)
+        return build_dataset(_derive_next_observations(dataset), metadata) if derive else dataset
 
 
 def _derive_next_observations(d: Dataset) -> dict[str, np.ndarray]:
@@ -381,7 +381,7 @@ def read_minari(path) -> Dataset:
                 _check_lengths(episode, name)
                 if steps:
                     episodes.append(episode)
-        return _build(_concat_episodes(episodes), metadata)
+        return build_dataset(_concat_episodes(episodes), metadata)
 
 
 def read_robomimic(path, obs_keys: list[str] | None = None) -> Dataset:
@@ -421,7 +421,7 @@ def read_robomimic(path, obs_keys: list[str] | None = None) -> Dataset:
                 episode["timeouts"] = np.zeros(steps, bool)
                 _check_lengths({**episode, "dones": demo["dones"]}, name)
                 episodes.append(episode)
-        return _build(_concat_episodes(episodes), metadata)
+        return build_dataset(_concat_episodes(episodes), metadata)
 
 
 def _robomimic_obs(group: h5py.Group, keys: list[str], where: str) -> np.ndarray:

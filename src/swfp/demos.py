@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from swfp import __version__
-from swfp.data import Dataset, _build, action_bounds, denormalize_actions
+from swfp.data import Dataset, build_dataset, action_bounds, denormalize_actions
 from swfp.envs import env_dims, make_env, task_spec
 from swfp.expert import load_expert
 from swfp.runio import CheckpointError
@@ -79,4 +79,4 @@ def generate_demos(task_id: str, expert_dir, quality: str, episodes: int, seed: 
     metadata = {"task": task_id, "source": "swfp-expert", "expert_dir": str(Path(expert_dir)), "quality": quality,
                 "seed": seed, "episodes": episodes, "episode_returns": [float(r) for r in returns],
                 "expert_eval_return": info[quality]["eval_return"], "swfp_version": __version__}
-    return _build(fields, metadata).validate(task_id)
+    return build_dataset(fields, metadata).validate(task_id)

@@ -47,7 +47,7 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
     "Hopper-v5": TaskSpec("Hopper-v5"),
     "Walker2d-v5": TaskSpec("Walker2d-v5"),
     "HalfCheetah-v5": TaskSpec("HalfCheetah-v5"),
-    "Ant-v5": TaskSpec("Ant-v5", hidden_dims=(512, 512, 512)),
+    "Ant-v5": TaskSpec("Ant-v5"),
     "Humanoid-v5": TaskSpec("Humanoid-v5", hidden_dims=(512, 512, 512), expert_env_steps=1_000_000),
 }
 
