@@ -5,7 +5,10 @@ from scratch / RLPD. Settings follow the paper's v2 defaults as implemented by C
 ``sac_continuous_action.py`` and Stable-Baselines3: two critics with clipped double-Q targets,
 Polyak rate 0.005, learning rates 3e-4, batch 256, γ = 0.99, automatic temperature toward the
 target entropy ``−dim(A)`` starting at α = 1. The critic ensemble is evaluated in one batched
-pass (:class:`swfp.critic.QEnsemble`); ``layer_norm=True`` gives RLPD's critics.
+pass (:class:`swfp.critic.QEnsemble`); ``layer_norm=True`` gives RLPD's critics. One deliberate
+difference from CleanRL/SB3: the actor maximises the ensemble *mean* Q (as REDQ and RLPD do)
+rather than the minimum, so the pessimism lives in the critic target only; with two critics the
+two differ little, and the shipped experts were trained this way.
 
 Actions live in the normalised box ``[-1, 1]^d``:
 
