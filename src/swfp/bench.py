@@ -1,7 +1,9 @@
-"""Benchmarks: measured speed on this machine, written as CSV and a Markdown table.
+"""Benchmarks: measured figures on this machine, written as CSV and a Markdown table.
 
 ``swfp bench envs`` times environment stepping with Gymnasium's synchronous and asynchronous
-vector environments, the measurement behind :func:`swfp.envs.make_vector_env` being synchronous.
+vector environments, the measurement behind :func:`swfp.envs.make_vector_env` being synchronous. ``swfp bench bc``
+pre-trains flow policies on the medium demonstrations of each task over several seeds and
+tabulates their return against the dataset's.
 """
 
 from __future__ import annotations
@@ -57,4 +59,54 @@ def bench_envs(task_id: str, num_envs: list[int], steps: int, out: Path) -> list
     lines += [f"| {r['num_envs']} | {r['sync_steps_per_s']:.0f} | {r['async_steps_per_s']:.0f} | "
               f"{r['async_over_sync']:.2f} |" for r in rows]
     atomic_write_text(out / "envs.md", "\n".join(lines) + "\n")
+    return rows
+
+
+def bench_bc(tasks: list[str], seeds: list[int], steps: int, episodes: int, out: Path) -> list[dict]:
+    """BC on each task's medium demonstrations, one pre-training run per seed; resumable.
+
+    The dataset ``out/data/<task>-medium.npz`` is made from the shipped expert (demo seed 0) if
+    missing; a run whose ``summary.json`` exists is not repeated. The table aggregates every
+    finished run under ``out/runs`` (so several invocations over different tasks share one table).
+    """
+    from swfp.assets import shipped_expert_dir
+    from swfp.demos import generate_demos
+    from swfp.pretrain import PretrainConfig, pretrain
+
+    out = Path(out)
+    for task in tasks:
+        data = out / "data" / f"{task.lower()}-medium.npz"
+        if not data.is_file():
+            generate_demos(task, shipped_expert_dir(task), "medium", episodes, seed=0).save(data)
+        for seed in seeds:
+            run = out / "runs" / task / f"seed{seed}"
+            if not (run / "summary.json").is_file():
+                pretrain(PretrainConfig(dataset=str(data), steps=steps, seed=seed), run)
+    return write_bc_table(out)
+
+
+def write_bc_table(out: Path) -> list[dict]:
+    """``bc.csv`` (one row per run) and ``bc.md`` (mean ± std over seeds per task) from ``out/runs``."""
+    import json
+
+    runs = sorted(Path(out).glob("runs/*/seed*/summary.json"))
+    rows = []
+    for path in runs:
+        s = json.loads(path.read_text())
+        rows.append({"task": s["task"], "seed": int(path.parent.name.removeprefix("seed")), "steps": s["steps"],
+                     "dataset_return": s["dataset_return_mean"], "bc_return": s["bc_eval"]["return_mean"],
+                     "bc_return_std": s["bc_eval"]["return_std"], "train_seconds": s["train_seconds"]})
+    if not rows:
+        return rows
+    header = list(rows[0])
+    atomic_write_text(Path(out) / "bc.csv", "\n".join([",".join(header)] + [
+        ",".join(f"{r[h]:.2f}" if isinstance(r[h], float) else str(r[h]) for h in header) for r in rows]) + "\n")
+    lines = ["| task | dataset return | BC return (mean ± std over seeds) | seeds | steps | train time per run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for task in sorted({r["task"] for r in rows}):
+        rs = [r for r in rows if r["task"] == task]
+        bc = np.array([r["bc_return"] for r in rs])
+        lines.append(f"| {task} | {rs[0]['dataset_return']:.1f} | {bc.mean():.1f} ± {bc.std():.1f} | {len(rs)} | "
+                     f"{rs[0]['steps']} | {np.mean([r['train_seconds'] for r in rs]):.0f} s |")
+    atomic_write_text(Path(out) / "bc.md", "\n".join(lines) + "\n")
     return rows

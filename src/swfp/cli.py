@@ -133,6 +133,14 @@ def cmd_bench_envs(args) -> int:
     return 0
 
 
+def cmd_bench_bc(args) -> int:
+    from swfp.bench import bench_bc
+
+    bench_bc(args.tasks, args.seeds, args.steps, args.episodes, Path(args.out))
+    print((Path(args.out) / "bc.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swfp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive(int), default=2000, help="vector steps timed per setting")
     p.add_argument("--out", default="benchmarks/results/envs")
     p.set_defaults(func=cmd_bench_envs)
+    p = bench_sub.add_parser("bc", help="BC return vs dataset return on medium demonstrations, several seeds")
+    p.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5"])
+    p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=_positive(int), default=20_000, help="pre-training steps per run")
+    p.add_argument("--episodes", type=_positive(int), default=50, help="medium episodes per dataset")
+    p.add_argument("--out", default="benchmarks/results/bc")
+    p.set_defaults(func=cmd_bench_bc)
     return parser
 
 
