@@ -1,4 +1,7 @@
-"""The ``swfp`` command line: one subcommand per job, each a thin layer over the Python API."""
+"""swfp: behaviour-clone flow-matching policies and fine-tune them online (Stepwise Flow Policy).
+
+One subcommand per job, each a thin layer over the Python API; `swfp COMMAND --help` for its options.
+"""
 
 from __future__ import annotations
 
@@ -142,7 +145,8 @@ def cmd_bench_bc(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swfp", description=__doc__)
+    parser = argparse.ArgumentParser(prog="swfp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("expert", help="train a Gaussian SAC expert (source of demonstrations)")
@@ -185,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
     p.add_argument("run", help="run directory (or its policy.json / policy.safetensors)")
     p.add_argument("--episodes", type=_positive(int), default=10)
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="episode i is reset with seed + i")
     p.add_argument("--deterministic", action="store_true", help="start every chain from the noise mean x0 = 0")
     p.add_argument("--video", default=None, help="directory for an MP4 of the first episode")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -197,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart")
     p.set_defaults(func=cmd_quickstart)
 
-    bench = sub.add_parser("bench", help="measure speed on this machine (tables and CSV)")
+    bench = sub.add_parser("bench", help="measure figures on this machine (Markdown tables and CSV)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     p = bench_sub.add_parser("envs", help="synchronous vs asynchronous vector-env stepping")
     p.add_argument("--task", default="Hopper-v5")

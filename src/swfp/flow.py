@@ -23,7 +23,8 @@ data at K = 10 and nowhere at K = 20.
 
 ``log_prob`` of arbitrary actions runs the chain backwards: each step solves
 ``x + h·v(s, x, t_k) = y`` by fixed-point iteration, with Newton's method for the samples where
-that does not contract, and raises :class:`InversionError` when neither converges.
+that does not contract, and raises :class:`InversionError` when neither converges. That inversion
+(:func:`invert_step`) works for any step ``x + h·f(s, x, t)``; SWFP's JKO blocks reuse it.
 
 The Jacobians ``∂_x v`` are computed exactly (``torch.func.vmap`` of ``jacrev`` over the batch)
 and their log-determinants with ``torch.linalg.slogdet``: D batched vector-Jacobian products
@@ -71,7 +72,101 @@ def field_and_jacobian(field: nn.Module, obs: torch.Tensor, x: torch.Tensor,
 
 
 class InversionError(RuntimeError):
-    """Running the Euler chain backwards did not converge: a step map is not a bijection there, or barely."""
+    """Inverting a step map ``x + h·f(s, x, t)`` (an Euler step, or a JKO block's sub-step) did not converge:
+    the map is not a bijection there, or barely."""
+
+
+# --- inverting one step y = x + h·f(s, x, t) ---------------------------------------------------------
+# Shared by the flow's Euler steps (f = v_θ, h = 1/K) and SWFP's JKO blocks (f = u_φ, h = τ/M).
+
+def solve_step(field: nn.Module, obs: torch.Tensor, y: torch.Tensor, h: float, t: torch.Tensor,
+               max_iters: int, tol: float) -> torch.Tensor:
+    """Solve ``x + h·f(s, x, t) = y`` for ``x`` (no graph); raise if the residual stays above ``tol``.
+
+    1. Fixed-point iteration ``x ← y − h·f(s, x, t)`` from ``x = y``, one forward pass per
+       iteration: a contraction with rate ``h·Lip(f)`` while that is below 1, so the residual
+       ``‖x + h·f(s, x, t) − y‖∞`` falls geometrically. Converged samples leave the batch.
+    2. Newton's method ``x ← x − (I + h·J)⁻¹(x + h·f − y)``, halving the step where it does not
+       shrink the residual, for the samples the fixed point leaves behind (its residual grew,
+       or ``max_iters`` ran out). A trained multimodal flow needs it: between two modes the
+       late steps *expand* space (``h·J`` has eigenvalues above 1), the step is still a bijection
+       there (``det > 1``) but the fixed-point map is not a contraction. On the tests' 8-mode
+       ring at K = 10, the fixed point alone failed on ~2% of the policy's own samples.
+
+    ``t`` is ``(B,)``, the time input of ``f`` for every sample.
+    """
+    x = y.clone()
+    v = field(obs, x, t)
+    error = (h * v).abs().amax(-1)  # the residual at x = y
+    active = (error > tol).nonzero().squeeze(-1)
+    newton = []
+    for _ in range(max_iters):
+        if len(active) == 0:
+            break
+        x_new = y[active] - h * v[active]
+        v_new = field(obs[active], x_new, t[active])
+        error_new = (x_new + h * v_new - y[active]).abs().amax(-1)
+        shrank = error_new < error[active]
+        keep = active[shrank]
+        x[keep], v[keep], error[keep] = x_new[shrank], v_new[shrank], error_new[shrank]
+        newton.append(active[~shrank])  # not contracting here: leave it to Newton, from the best iterate
+        active = active[shrank & (error_new > tol)]
+    newton = torch.cat(newton + [active])
+    if len(newton):
+        x[newton], error[newton] = newton_solve(field, obs[newton], x[newton], y[newton], h, t[newton], tol)
+    failed = ~(error <= tol)  # NaN counts as failed
+    if bool(failed.any()):
+        worst = error[failed].nan_to_num(nan=float("inf")).max().item()
+        raise InversionError(
+            f"inverting the step x -> x + h·f(s, x, t) at t={t[0].item():.3f}, h={h:.3g}: {int(failed.sum())} of "
+            f"{len(failed)} samples did not converge after {max_iters} fixed-point and {NEWTON_ITERS} Newton "
+            f"iterations (max residual {worst:.3g} > tol {tol:g}). Such a step can be inverted while it is a "
+            f"bijection: guaranteed while h·Lip(f) < 1, lost where it folds (det(I + h·df/dx) <= 0). Use smaller "
+            f"steps (more Euler steps K for a flow, h = 1/K; a smaller tau or more sub-steps for a JKO block), "
+            f"or check the actions: far outside the policy's support the field is untrained and may fold.")
+    return x
+
+
+def newton_solve(field: nn.Module, obs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, h: float,
+                 t: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Damped Newton on ``x + h·f(s, x, t) − y = 0`` from ``x``; returns ``x`` and its ∞-norm residual."""
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    residual = x + h * field(obs, x, t) - y
+    for _ in range(NEWTON_ITERS):
+        if bool((residual.abs().amax(-1) <= tol).all()):
+            break
+        step = torch.linalg.solve_ex(eye + h * field_and_jacobian(field, obs, x, t)[1], residual)[0]
+        scale = torch.ones_like(residual[:, :1])
+        for _ in range(10):  # backtracking: halve the step of the samples whose residual did not shrink
+            x_new = x - scale * step
+            residual_new = x_new + h * field(obs, x_new, t) - y
+            worse = ((residual_new.norm(dim=-1, keepdim=True) > residual.norm(dim=-1, keepdim=True))
+                     & (residual.abs().amax(-1, keepdim=True) > tol))
+            if not bool(worse.any()):
+                break
+            scale = torch.where(worse, scale / 2, scale)
+        x, residual = x_new, residual_new
+    return x, residual.abs().amax(-1)
+
+
+def invert_step(field: nn.Module, obs: torch.Tensor, y: torch.Tensor, h: float, t: torch.Tensor,
+                max_iters: int = 200, tol: float = 1e-5) -> torch.Tensor:
+    """The ``x`` with ``x + h·f(s, x, t) = y``, differentiable by the implicit-function theorem.
+
+    The root ``x*`` is found without a graph (:func:`solve_step`). When gradients are wanted,
+    one Newton step with the Jacobian held constant, ``x = x* − (I + h·J)⁻¹(x* + h·f(s, x*, t) − y)``,
+    keeps the value at the root and carries exactly the implicit-function-theorem gradient
+    ``dx = −(I + h·J)⁻¹(h·df − dy)`` (as deep equilibrium models, Bai et al., 2019).
+    """
+    with torch.no_grad():
+        x = solve_step(field, obs, y, h, t, max_iters, tol)
+    needs_grad = torch.is_grad_enabled() and (
+        y.requires_grad or obs.requires_grad or any(p.requires_grad for p in field.parameters()))
+    if not needs_grad:
+        return x
+    v, jac = field_and_jacobian(field, obs, x, t)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    return x - torch.linalg.solve(eye + h * jac.detach(), x + h * v - y)
 
 
 @dataclass
@@ -185,97 +280,11 @@ class FlowPolicy(nn.Module):
             log_prob = log_prob - log_det
         return x, log_prob
 
-    def _solve_step(self, obs: torch.Tensor, y: torch.Tensor, k: int, max_iters: int, tol: float) -> torch.Tensor:
-        """Solve ``T_k(x) = x + h·v(s, x, t_k) = y`` for ``x`` (no graph); raise if the residual stays above ``tol``.
-
-        1. Fixed-point iteration ``x ← y − h·v(s, x, t_k)`` from ``x = y``, one forward pass per
-           iteration: a contraction with rate ``h·Lip(v)`` while that is below 1, so the residual
-           ``‖x + h·v(s, x, t_k) − y‖∞`` falls geometrically. Converged samples leave the batch.
-        2. Newton's method ``x ← x − (I + h·J)⁻¹(x + h·v − y)``, halving the step where it does not
-           shrink the residual, for the samples the fixed point leaves behind (its residual grew,
-           or ``max_iters`` ran out). A trained multimodal flow needs it: between two modes the
-           late steps *expand* space (``h·J`` has eigenvalues above 1), ``T_k`` is still a bijection
-           there (``det > 1``) but the fixed-point map is not a contraction. On the tests' 8-mode
-           ring at K = 10, the fixed point alone failed on ~2% of the policy's own samples.
-        """
-        h = self.step_size
-        t = self._time(y, k)
-        x = y.clone()
-        v = self.velocity(obs, x, t)
-        error = (h * v).abs().amax(-1)  # the residual at x = y
-        active = (error > tol).nonzero().squeeze(-1)
-        newton = []
-        for _ in range(max_iters):
-            if len(active) == 0:
-                break
-            x_new = y[active] - h * v[active]
-            v_new = self.velocity(obs[active], x_new, t[active])
-            error_new = (x_new + h * v_new - y[active]).abs().amax(-1)
-            shrank = error_new < error[active]
-            keep = active[shrank]
-            x[keep], v[keep], error[keep] = x_new[shrank], v_new[shrank], error_new[shrank]
-            newton.append(active[~shrank])  # not contracting here: leave it to Newton, from the best iterate
-            active = active[shrank & (error_new > tol)]
-        newton = torch.cat(newton + [active])
-        if len(newton):
-            x[newton], error[newton] = self._newton(obs[newton], x[newton], y[newton], k, tol)
-        failed = ~(error <= tol)  # NaN counts as failed
-        if bool(failed.any()):
-            worst = error[failed].nan_to_num(nan=float("inf")).max().item()
-            raise InversionError(
-                f"inverting Euler step k={k} (t={k * h:.3f}): {int(failed.sum())} of {len(failed)} samples did not "
-                f"converge after {max_iters} fixed-point and {NEWTON_ITERS} Newton iterations (max residual "
-                f"{worst:.3g} > tol {tol:g}). An Euler step x -> x + h·v(s, x, t) can be inverted while it is a "
-                f"bijection: guaranteed while h·Lip(v) < 1, lost where it folds (det(I + h·dv/dx) <= 0). Use more "
-                f"Euler steps K (smaller h = 1/K), or check the actions: far outside the policy's support the "
-                f"velocity field is untrained and may fold.")
-        return x
-
-    def _newton(self, obs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k: int,
-                tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Damped Newton on ``x + h·v(s, x, t_k) − y = 0``; returns ``x`` and its ∞-norm residual."""
-        h, t = self.step_size, self._time(y, k)
-        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-        residual = x + h * self.velocity(obs, x, t) - y
-        for _ in range(NEWTON_ITERS):
-            if bool((residual.abs().amax(-1) <= tol).all()):
-                break
-            step = torch.linalg.solve_ex(eye + h * self._velocity_and_jacobian(obs, x, k)[1], residual)[0]
-            scale = torch.ones_like(residual[:, :1])
-            for _ in range(10):  # backtracking: halve the step of the samples whose residual did not shrink
-                x_new = x - scale * step
-                residual_new = x_new + h * self.velocity(obs, x_new, t) - y
-                worse = ((residual_new.norm(dim=-1, keepdim=True) > residual.norm(dim=-1, keepdim=True))
-                         & (residual.abs().amax(-1, keepdim=True) > tol))
-                if not bool(worse.any()):
-                    break
-                scale = torch.where(worse, scale / 2, scale)
-            x, residual = x_new, residual_new
-        return x, residual.abs().amax(-1)
-
-    def _invert_step(self, obs: torch.Tensor, y: torch.Tensor, k: int, max_iters: int, tol: float) -> torch.Tensor:
-        """``T_k⁻¹(y)``, differentiable by the implicit-function theorem.
-
-        The root ``x*`` is found without a graph (:meth:`_solve_step`). When gradients are wanted,
-        one Newton step with the Jacobian held constant, ``x = x* − (I + h·J)⁻¹(x* + h·v(s, x*, t_k) − y)``,
-        keeps the value at the root and carries exactly the implicit-function-theorem gradient
-        ``dx = −(I + h·J)⁻¹(h·dv − dy)`` (as deep equilibrium models, Bai et al., 2019).
-        """
-        with torch.no_grad():
-            x = self._solve_step(obs, y, k, max_iters, tol)
-        needs_grad = torch.is_grad_enabled() and (
-            y.requires_grad or obs.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if not needs_grad:
-            return x
-        v, jac = self._velocity_and_jacobian(obs, x, k)
-        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-        return x - torch.linalg.solve(eye + self.step_size * jac.detach(), x + self.step_size * v - y)
-
     def _invert_chain(self, obs: torch.Tensor, actions: torch.Tensor, max_iters: int, tol: float) -> list[torch.Tensor]:
         """The trajectory ``[x_0, …, x_K = a]`` that the sampler maps to ``actions``."""
         xs = [actions]
         for k in reversed(range(self.num_steps)):
-            xs.append(self._invert_step(obs, xs[-1], k, max_iters, tol))
+            xs.append(invert_step(self.velocity, obs, xs[-1], self.step_size, self._time(actions, k), max_iters, tol))
         return xs[::-1]
 
     def invert(self, obs: torch.Tensor, actions: torch.Tensor, max_iters: int = 200, tol: float = 1e-5) -> torch.Tensor:
