@@ -83,6 +83,12 @@ def test_bad_input_gets_a_clear_error(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_every_subcommand_has_help():
-    for cmd in ("expert", "demos", "pretrain", "eval", "quickstart"):
-        assert "usage: swfp " + cmd in swfp_cli(cmd, "--help").stdout
+@pytest.mark.parametrize("command", [["expert"], ["demos"], ["pretrain"], ["eval"], ["quickstart"],
+                                     ["bench", "envs"], ["bench", "bc"]])
+def test_every_subcommand_has_help(command, capsys):
+    from swfp.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: swfp " + " ".join(command) in capsys.readouterr().out

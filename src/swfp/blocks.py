@@ -91,7 +91,7 @@ class JKOBlock(nn.Module):
         self.field = VelocityField(obs_dim, act_dim, config.flow_config())
         nn.init.zeros_(self.field.net[-1].weight)  # u_φ ≡ 0: a new block is the identity
         nn.init.zeros_(self.field.net[-1].bias)
-        self.tau = torch.tensor(float(config.tau))
+        self.register_buffer("tau", torch.tensor(float(config.tau)))
 
     @property
     def step_size(self) -> float:
@@ -139,7 +139,8 @@ def jko_terms(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor,
 
 def jko_loss(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor, q_fn: QFunction, alpha: float,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Minibatch estimate of equation (1), ``actions ~ π_n`` carrying no graph."""
+    """Minibatch estimate of equation (1), ``actions ~ π_n`` carrying no graph (``generator``: unused, the
+    losses share one signature)."""
     _, q, log_det, sq_dist = jko_terms(block, obs, actions, q_fn)
     return (-q - alpha * log_det + sq_dist / (2 * block.tau)).mean()
 

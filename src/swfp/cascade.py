@@ -26,8 +26,8 @@ from swfp.flow import FlowPolicy
 class Cascade(nn.Module):
     """``π_n``: a base :class:`~swfp.flow.FlowPolicy` and an ``nn.ModuleList`` of frozen :class:`~swfp.blocks.JKOBlock`.
 
-    Every part is frozen (``requires_grad=False``, eval mode): SWFP improves the policy by appending
-    blocks, never by gradients through the cascade (``compact`` trains a copy).
+    Every part is frozen in place (``requires_grad=False``, eval mode): SWFP improves the policy by
+    appending blocks, never by gradients through the cascade (``compact`` trains a copy).
     """
 
     def __init__(self, base: FlowPolicy, blocks: Iterable[JKOBlock] = ()):
@@ -113,7 +113,8 @@ def refine(cascade: Cascade, train_states: torch.Tensor, heldout_states: torch.T
            config: BlockConfig, generator: torch.Generator | None = None) -> dict:
     """One SWFP refinement step: draw a pool from ``π_n`` on ``train_states``, train block n+1 on it
     (:func:`~swfp.blocks.train_block`), measure it on one fresh action per held-out state and append
-    it if accepted. Returns the training and measurement metrics (``accepted`` among them)."""
+    it if accepted. Returns the training and measurement metrics (``accepted`` among them). The new
+    block's hidden layers are initialised from the global RNG, everything else from ``generator``."""
     block = JKOBlock(cascade.obs_dim, cascade.act_dim, config)
     metrics = train_block(block, *draw_pool(cascade, train_states, generator, config.pool_size), q_fn, config,
                           generator)
