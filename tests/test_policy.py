@@ -37,7 +37,7 @@ def test_env_unit_log_prob_is_the_normalised_density_with_the_jacobian():
     policy = make_policy()
     obs = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
     with torch.no_grad():
-        a_norm, logp_norm = policy.flow.sample(policy.normalize_obs(obs), with_log_prob=True)
+        a_norm, logp_norm = policy.cascade.sample(policy.normalize_obs(obs), with_log_prob=True)
     a_env = policy.action_low + (a_norm.numpy() + 1) * 0.5 * (policy.action_high - policy.action_low)
     np.testing.assert_allclose(policy.log_prob(obs, a_env), logp_norm.numpy() - np.log(2.0), atol=1e-4)
 
@@ -79,3 +79,36 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(0, 10, 100) == pytest.approx(0.1)
     assert lr_factor(9, 10, 100) == pytest.approx(1.0)
     assert lr_factor(100, 10, 100) == pytest.approx(0.1)
+
+
+def test_policy_with_blocks_roundtrips_and_keeps_an_exact_density(tmp_path):
+    """A fine-tuned policy (base + JKO blocks, τ and sub-steps per block) saves and loads exactly."""
+    from swfp.blocks import BlockConfig, JKOBlock
+    from swfp.cascade import Cascade
+
+    policy = make_policy()
+    base = policy.cascade.base
+    blocks = []
+    for i, sub_steps in enumerate((1, 2)):
+        block = JKOBlock(3, 2, BlockConfig(hidden_dims=(16,), sub_steps=sub_steps, tau=0.05 * (i + 1)))
+        with torch.no_grad():
+            for p in block.parameters():
+                p.add_(0.3 * torch.randn_like(p))  # a non-identity block
+        blocks.append(block)
+    tuned = Policy(Cascade(base, blocks), "toy", policy.obs_mean.numpy(), policy.obs_std.numpy(),
+                   policy.action_low, policy.action_high)
+    tuned.save(tmp_path)
+    loaded = load(tmp_path)
+    assert loaded.cascade.num_blocks == 2
+    assert [b.sub_steps for b in loaded.cascade.blocks] == [1, 2]
+    assert [b.tau.item() for b in loaded.cascade.blocks] == pytest.approx([0.05, 0.1])
+    obs = np.random.default_rng(3).normal(size=(16, 3)).astype(np.float32)
+    torch.manual_seed(7)
+    a = tuned.predict(obs)
+    torch.manual_seed(7)
+    np.testing.assert_array_equal(loaded.predict(obs), a)
+    assert not np.allclose(a, policy.predict(obs, deterministic=True))
+    with torch.no_grad():
+        a_norm, logp = loaded.cascade.sample(loaded.normalize_obs(obs), with_log_prob=True)
+    a_env = loaded.action_low + (a_norm.numpy() + 1) * 0.5 * (loaded.action_high - loaded.action_low)
+    np.testing.assert_allclose(loaded.log_prob(obs, a_env), logp.numpy() - np.log(2.0), atol=1e-4)

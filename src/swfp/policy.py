@@ -1,11 +1,14 @@
 """The user-facing flow policy: numpy in, numpy out, environment action units.
 
-A :class:`Policy` bundles the flow (which acts on normalised observations in the normalised action
-box) with the observation statistics of its training data and the task's action bounds, so a
-checkpoint is self-contained. On disk (a run directory or any directory holding these two files):
+A :class:`Policy` bundles the SWFP cascade — the base flow and any accepted JKO blocks, acting on
+normalised observations in the normalised action box (a behaviour-cloned policy is a cascade with
+no blocks) — with the observation statistics of its training data and the task's action bounds,
+so a checkpoint is self-contained. On disk (a run directory or any directory holding both files):
 
-* ``policy.json`` — format version, task id, sizes, action chunk, flow config, action bounds;
-* ``policy.safetensors`` — flow weights (``flow.*``) and ``obs_mean`` / ``obs_std``.
+* ``policy.json`` — format version, task id, sizes, action chunk, base flow config, one config
+  per block, action bounds;
+* ``policy.safetensors`` — base flow weights (``flow.*``), block weights (``blocks.<i>.*``, τ
+  included) and ``obs_mean`` / ``obs_std``.
 
 Densities in environment units follow from the affine map ``a_env = low + (a + 1)(high − low)/2``:
 ``log π_env(a_env|s) = log π(a|s) − H · Σ_i log((high_i − low_i)/2)``.
@@ -19,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from swfp.blocks import BlockConfig, JKOBlock
+from swfp.cascade import Cascade
 from swfp.flow import FlowConfig, FlowPolicy
 from swfp.runio import CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json, save_tensors
 
@@ -28,9 +33,9 @@ FORMAT_VERSION = 1
 class Policy:
     """A flow policy ready to act: ``predict(obs)`` and ``log_prob(obs, actions)`` in env units."""
 
-    def __init__(self, flow: FlowPolicy, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray,
+    def __init__(self, model: FlowPolicy | Cascade, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray,
                  action_low: np.ndarray, action_high: np.ndarray, action_chunk: int = 1):
-        self.flow = flow.eval()
+        self.cascade = model if isinstance(model, Cascade) else Cascade(model)
         self.task_id = task_id
         self.obs_mean = torch.as_tensor(obs_mean, dtype=torch.float32)
         self.obs_std = torch.as_tensor(obs_std, dtype=torch.float32)
@@ -38,8 +43,8 @@ class Policy:
         self.action_high = np.asarray(action_high, dtype=np.float32)
         self.action_chunk = int(action_chunk)
         self.act_dim = int(self.action_low.shape[0])
-        if flow.act_dim != self.act_dim * self.action_chunk:
-            raise CheckpointError(f"flow action size {flow.act_dim} != chunk {self.action_chunk} × action size "
+        if self.cascade.act_dim != self.act_dim * self.action_chunk:
+            raise CheckpointError(f"flow action size {self.cascade.act_dim} != chunk {self.action_chunk} × action size "
                                   f"{self.act_dim}: the checkpoint's config does not match its weights")
 
     # -- acting ---------------------------------------------------------------------------------
@@ -53,7 +58,7 @@ class Policy:
     @torch.no_grad()
     def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Flattened action chunks ``(B, H·d)`` in ``[-1, 1]`` units (what the envs of swfp take)."""
-        return self.flow.sample(self.normalize_obs(obs), deterministic=deterministic)[0].numpy()
+        return self.cascade.sample(self.normalize_obs(obs), deterministic=deterministic)[0].numpy()
 
     def predict(self, obs, deterministic: bool = False) -> np.ndarray:
         """Actions in environment units: ``(B, d)``, or ``(B, H, d)`` for chunked policies; a single
@@ -79,18 +84,20 @@ class Policy:
         actions = np.asarray(actions, dtype=np.float32).reshape(len(obs), self.action_chunk, self.act_dim)
         scale = 0.5 * (self.action_high - self.action_low)
         normalized = (actions - self.action_low) / scale - 1.0
-        logp = self.flow.log_prob(self.normalize_obs(obs), torch.as_tensor(normalized.reshape(len(obs), -1)))
+        logp = self.cascade.log_prob(self.normalize_obs(obs), torch.as_tensor(normalized.reshape(len(obs), -1)))
         return logp.numpy() - self.action_chunk * float(np.log(scale).sum())
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
-        tensors = {f"flow.{k}": v for k, v in self.flow.state_dict().items()}
+        tensors = {f"flow.{k}": v for k, v in self.cascade.base.state_dict().items()}
+        tensors.update({f"blocks.{k}": v for k, v in self.cascade.blocks.state_dict().items()})
         tensors.update(obs_mean=self.obs_mean, obs_std=self.obs_std)
         save_tensors(directory / "policy.safetensors", tensors)
         atomic_write_json(directory / "policy.json", {
             "format_version": FORMAT_VERSION, "task": self.task_id, "obs_dim": int(self.obs_mean.shape[0]),
-            "act_dim": self.act_dim, "action_chunk": self.action_chunk, "flow": asdict(self.flow.config),
+            "act_dim": self.act_dim, "action_chunk": self.action_chunk, "flow": asdict(self.cascade.base.config),
+            "blocks": [asdict(block.config) for block in self.cascade.blocks],
             "action_low": self.action_low.tolist(), "action_high": self.action_high.tolist()})
         return directory
 
@@ -102,15 +109,17 @@ class Policy:
             raise CheckpointError(f"{directory / 'policy.json'} has format version {spec.get('format_version')}, "
                                   f"this swfp reads version {FORMAT_VERSION}")
         try:
-            flow = FlowPolicy(spec["obs_dim"], spec["act_dim"] * spec["action_chunk"], FlowConfig(**spec["flow"]))
+            obs_dim, flat_act_dim = spec["obs_dim"], spec["act_dim"] * spec["action_chunk"]
+            cascade = Cascade(FlowPolicy(obs_dim, flat_act_dim, FlowConfig(**spec["flow"])),
+                              [JKOBlock(obs_dim, flat_act_dim, BlockConfig(**c)) for c in spec.get("blocks", [])])
             tensors = load_tensors(directory / "policy.safetensors")
             obs_mean, obs_std = tensors.pop("obs_mean"), tensors.pop("obs_std")
-            load_state_strict(flow, {k.removeprefix("flow."): v for k, v in tensors.items()},
-                              directory / "policy.safetensors")
-            if obs_mean.shape != (spec["obs_dim"],) or not torch.all(obs_std > 0):
+            renamed = {("base." + k.removeprefix("flow.")) if k.startswith("flow.") else k: v for k, v in tensors.items()}
+            load_state_strict(cascade, renamed, directory / "policy.safetensors")
+            if obs_mean.shape != (obs_dim,) or not torch.all(obs_std > 0):
                 raise CheckpointError(f"{directory / 'policy.safetensors'}: observation statistics do not match "
-                                      f"obs_dim {spec['obs_dim']} or have non-positive std")
-            return cls(flow, spec["task"], obs_mean.numpy(), obs_std.numpy(), np.array(spec["action_low"]),
+                                      f"obs_dim {obs_dim} or have non-positive std")
+            return cls(cascade, spec["task"], obs_mean.numpy(), obs_std.numpy(), np.array(spec["action_low"]),
                        np.array(spec["action_high"]), spec["action_chunk"])
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{directory} has an incomplete or mismatched checkpoint ({exc!r}); "
