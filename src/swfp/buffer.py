@@ -1,7 +1,9 @@
-"""Replay buffer of transitions ``(s, a, r, s', terminal)`` in a fixed-size numpy ring.
+"""Replay: transitions ``(s, a, r, s', terminal)`` in a fixed-size numpy ring, and the mixture of
+demonstrations and online data that fine-tuning samples from.
 
 ``terminal`` is the environment's ``terminated`` flag only: a time-limit truncation keeps
-bootstrapping (Pardo et al., 2018, "Time Limits in Reinforcement Learning").
+bootstrapping (Pardo et al., 2018, "Time Limits in Reinforcement Learning"). Actions are stored
+in the policy's normalised box ``[-1, 1]``; observations raw (each learner normalises them).
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ class ReplayBuffer:
         return Batch(*(torch.from_numpy(a[idx]) for a in (
             self.observations, self.actions, self.rewards, self.next_observations, self.terminals)))
 
+    @classmethod
+    def from_transitions(cls, observations, actions, rewards, next_observations, terminals) -> "ReplayBuffer":
+        """A buffer filled exactly with the given transitions (e.g. a demonstration dataset)."""
+        buffer = cls(observations.shape[1], actions.shape[1], capacity=max(len(rewards), 1))
+        buffer.add(observations, actions, rewards, next_observations, terminals)
+        return buffer
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays for checkpointing (only the filled part)."""
         n = self.size
@@ -76,3 +85,24 @@ class ReplayBuffer:
             getattr(self, key)[:n] = state[key]
         self.size = n
         self.position = int(state["position"]) % self.capacity
+
+
+class MixedReplay:
+    """Symmetric sampling (RLPD, Ball et al., 2023): each batch takes ``offline_fraction`` of its rows
+    from the demonstrations and the rest from online data (all offline until online data exists).
+
+    Keeping demonstrations in every batch anchors the critic on the data the policy was cloned
+    from, which is what prevents the early collapse of naive offline-to-online fine-tuning.
+    """
+
+    def __init__(self, offline: ReplayBuffer, online: ReplayBuffer, offline_fraction: float = 0.5):
+        if not 0.0 <= offline_fraction <= 1.0:
+            raise ValueError(f"offline_fraction must be in [0, 1], got {offline_fraction}")
+        self.offline, self.online, self.offline_fraction = offline, online, offline_fraction
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        if len(self.online) == 0:
+            return self.offline.sample(batch_size, rng)
+        n_offline = int(round(batch_size * self.offline_fraction)) if len(self.offline) else 0
+        parts = [b.sample(n, rng) for b, n in ((self.offline, n_offline), (self.online, batch_size - n_offline)) if n]
+        return Batch.concat(parts)

@@ -1,10 +1,24 @@
-"""Q-function ensembles with Polyak-averaged targets, shared by SAC and the fine-tuning methods."""
+"""Q-function ensembles with Polyak-averaged targets, and the one TD update every method shares.
+
+Target (DESIGN.md §3), with ``a' ~ π(·|s')`` drawn by the caller from its current policy:
+
+    y = r + γ·(1 − terminal)·( min_i Q̄_i(s', a') − α·log π(a'|s') ),
+
+where ``terminal`` is true termination only (time-limit truncations bootstrap) and the entropy
+term is dropped when the caller passes no log-density (SWFP's default: its entropic
+regularisation acts inside every block's JKO objective instead).
+"""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from swfp.buffer import Batch
 from swfp.nets import ensemble_mlp
 
 
@@ -35,3 +49,76 @@ def polyak_update(target: nn.Module, source: nn.Module, rate: float) -> None:
     """``θ̄ ← (1 − rate)·θ̄ + rate·θ``."""
     for t, s in zip(target.parameters(), source.parameters()):
         t.lerp_(s, rate)
+
+
+@dataclass
+class CriticConfig:
+    hidden_dims: tuple[int, ...] = (256, 256)
+    ensemble_size: int = 2
+    target_subset: int | None = None  # REDQ: min over a random subset of this size (None: all members)
+    layer_norm: bool = False
+    lr: float = 3e-4
+    gamma: float = 0.99
+    polyak: float = 0.005
+
+    def __post_init__(self):
+        self.hidden_dims = tuple(self.hidden_dims)
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0 < self.polyak <= 1:
+            raise ValueError(f"polyak must be in (0, 1], got {self.polyak}")
+        if self.target_subset is not None and not 1 <= self.target_subset <= self.ensemble_size:
+            raise ValueError(f"target_subset must be in [1, ensemble_size={self.ensemble_size}], "
+                             f"got {self.target_subset}")
+
+
+class Critic:
+    """A Q-ensemble, its Polyak target and optimiser; :meth:`update` is one TD step."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: CriticConfig):
+        self.config = config
+        self.q = QEnsemble(obs_dim, act_dim, config.hidden_dims, config.ensemble_size, config.layer_norm)
+        self.target = copy.deepcopy(self.q).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr)
+
+    @torch.no_grad()
+    def td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_prob: torch.Tensor | None = None,
+                  alpha: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """``y = r + γ(1 − terminal)(min_i Q̄_i(s', a') − α·log π(a'|s'))`` (entropy term only if given)."""
+        next_q = self.target(batch.next_observations, next_actions)
+        if self.config.target_subset is not None:
+            next_q = next_q[torch.randperm(next_q.shape[0])[: self.config.target_subset]]
+        next_v = next_q.min(0).values
+        if next_log_prob is not None:
+            next_v = next_v - alpha * next_log_prob
+        return batch.rewards + self.config.gamma * (1 - batch.terminals) * next_v
+
+    def update(self, batch: Batch, next_actions: torch.Tensor, next_log_prob: torch.Tensor | None = None,
+               alpha: float | torch.Tensor = 0.0) -> dict[str, float]:
+        """One gradient step on ``Σ_i E(Q_i(s, a) − y)²``, then the Polyak update of the target."""
+        target = self.td_target(batch, next_actions, next_log_prob, alpha)
+        q = self.q(batch.observations, batch.actions)
+        loss = F.mse_loss(q, target.expand_as(q)) * q.shape[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        polyak_update(self.target, self.q, self.config.polyak)
+        return {"critic_loss": loss.item(), "q": q.mean().item()}
+
+    def value(self, obs: torch.Tensor, actions: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+        """``(B,)`` ensemble mean or min of ``Q_i(s, a)``; differentiable in ``actions`` (parameters frozen
+        for the call, so a policy's gradient does not touch the critic's ``.grad``)."""
+        self.q.requires_grad_(False)
+        try:
+            q = self.q(obs, actions)
+        finally:
+            self.q.requires_grad_(True)
+        return q.mean(0) if reduce == "mean" else q.min(0).values
+
+    def state_dict(self) -> dict:
+        return {"q": self.q.state_dict(), "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.q.load_state_dict(state["q"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])

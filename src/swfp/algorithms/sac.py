@@ -18,7 +18,6 @@ Actions live in the normalised box ``[-1, 1]^d``:
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from swfp.buffer import Batch
-from swfp.critic import QEnsemble, polyak_update
+from swfp.critic import Critic, CriticConfig
 from swfp.nets import mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -93,12 +92,12 @@ class SAC:
     def __init__(self, obs_dim: int, act_dim: int, config: SACConfig):
         self.config = config
         self.actor = GaussianActor(obs_dim, act_dim, config.hidden_dims)
-        self.critic = QEnsemble(obs_dim, act_dim, config.hidden_dims, config.ensemble_size, config.layer_norm)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic = Critic(obs_dim, act_dim, CriticConfig(
+            hidden_dims=config.hidden_dims, ensemble_size=config.ensemble_size, layer_norm=config.layer_norm,
+            lr=config.critic_lr, gamma=config.gamma, polyak=config.polyak))
         self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
 
     @property
@@ -106,22 +105,12 @@ class SAC:
         return self.log_alpha.exp().detach()
 
     def update(self, batch: Batch) -> dict[str, float]:
-        cfg = self.config
         with torch.no_grad():
             next_actions, next_log_prob = self.actor.sample(batch.next_observations)
-            next_q = self.critic_target(batch.next_observations, next_actions).min(0).values
-            target = batch.rewards + cfg.gamma * (1 - batch.terminals) * (next_q - self.alpha * next_log_prob)
-        q = self.critic(batch.observations, batch.actions)
-        critic_loss = F.mse_loss(q, target.expand_as(q)) * q.shape[0]
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
+        metrics = self.critic.update(batch, next_actions, next_log_prob, self.alpha)
 
         actions, log_prob = self.actor.sample(batch.observations)
-        self.critic.requires_grad_(False)  # the actor step needs dQ/da, not dQ/dθ
-        q_pi = self.critic(batch.observations, actions).mean(0)
-        self.critic.requires_grad_(True)
-        actor_loss = (self.alpha * log_prob - q_pi).mean()
+        actor_loss = (self.alpha * log_prob - self.critic.value(batch.observations, actions)).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
@@ -130,7 +119,5 @@ class SAC:
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_opt.step()
-
-        polyak_update(self.critic_target, self.critic, cfg.polyak)
-        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
-                "alpha": self.alpha.item(), "entropy": -log_prob.mean().item(), "q": q.mean().item()}
+        return {**metrics, "actor_loss": actor_loss.item(), "alpha": self.alpha.item(),
+                "entropy": -log_prob.mean().item()}
