@@ -128,6 +128,54 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from swfp.algorithms.swfp import SWFP, SWFPConfig
+    from swfp.runio import read_json
+
+    out = Path(args.out)
+    if args.resume:
+        saved = read_json(out / "config.json")
+        config = SWFPConfig(**saved["swfp"])
+        run = saved["run"]
+        agent = SWFP.from_pretrained(args.run, config=config, dataset=args.dataset,
+                                     total_env_steps=run["total_env_steps"])
+        summary = agent.learn(out=out, seed=run["seed"], num_envs=run["num_envs"], eval_every=run["eval_every"],
+                              eval_episodes=run["eval_episodes"], checkpoint_every=run["checkpoint_every"],
+                              resume=True)
+    else:
+        if out.exists() and (out / "checkpoint.pt").exists():
+            raise ValueError(f"{out} already holds a fine-tuning run; pass --resume to continue it or choose "
+                             "another --out")
+        config = SWFPConfig(tau=args.tau, alpha=args.alpha, objective=args.objective,
+                            critic_entropy=args.critic_entropy, utd_ratio=args.utd_ratio,
+                            blocks_per_run=args.blocks_per_run, max_blocks=args.max_blocks,
+                            block_grad_steps=args.block_grad_steps, tau_radius=args.tau_radius,
+                            target_entropy=args.target_entropy, critic_warmup_steps=args.critic_warmup_steps)
+        agent = SWFP.from_pretrained(args.run, config=config, dataset=args.dataset, total_env_steps=args.env_steps)
+        summary = agent.learn(out=out, seed=args.seed, num_envs=args.num_envs, eval_every=args.eval_every,
+                              eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every)
+    print_finetune_summary(summary, out)
+    return 0
+
+
+def print_finetune_summary(summary: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['algorithm']} on {summary['task']}, {summary['env_steps']} env steps")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [("return before fine-tuning", summary["return_before"]), ("return after", summary["return_after"]),
+            ("deterministic return after", summary["det_return_after"]),
+            ("largest dip below start", summary["largest_dip_below_start"])]
+    rows += [(k.replace("_", " "), v) for k, v in summary["status"].items()]
+    rows += [(f"seconds/env step: {k}", v) for k, v in summary["seconds_per_env_step"].items()]
+    for name, value in rows:
+        table.add_row(name, f"{value:.4g}")
+    Console().print(table)
+    print(f"run directory: {out} (policy, checkpoint.pt, eval.csv, learning_curve.png)")
+
+
 def cmd_bench_envs(args) -> int:
     from swfp.bench import bench_envs
 
@@ -194,6 +242,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", default=None, help="directory for an MP4 of the first episode")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("finetune", help="fine-tune a pre-trained flow policy online with SWFP")
+    p.add_argument("run", help="pre-trained run directory (from swfp pretrain)")
+    p.add_argument("--algo", choices=["swfp"], default="swfp")
+    p.add_argument("--env-steps", type=_positive(int), default=300_000)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--dataset", default=None, help="demonstrations (default: the pre-training dataset)")
+    p.add_argument("--num-envs", type=_positive(int), default=1)
+    p.add_argument("--eval-every", type=_positive(int), default=None, help="env steps (default: 1/20 of the run)")
+    p.add_argument("--eval-episodes", type=_positive(int), default=None)
+    p.add_argument("--checkpoint-every", type=_positive(int), default=None, help="env steps (default: 1/10 of the run)")
+    p.add_argument("--tau", type=_positive(float), default=0.1, help="JKO step size on the normalised Q scale")
+    p.add_argument("--alpha", type=float, default=0.01, help="entropic temperature")
+    p.add_argument("--objective", choices=["jko", "langevin_fm"], default="jko")
+    p.add_argument("--critic-entropy", choices=["none", "exact"], default="none")
+    p.add_argument("--utd-ratio", type=_positive(int), default=1)
+    p.add_argument("--blocks-per-run", type=_positive(int), default=20)
+    p.add_argument("--max-blocks", type=_positive(int), default=8, help="N_max, then compaction")
+    p.add_argument("--block-grad-steps", type=_positive(int), default=500, help="J")
+    p.add_argument("--tau-radius", type=_positive(float), default=None, help="adapt tau toward this W2 per block")
+    p.add_argument("--target-entropy", type=float, default=None, help="tune alpha toward this entropy")
+    p.add_argument("--critic-warmup-steps", type=_nonnegative_int, default=2000)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("quickstart", help="the main job: BC on the shipped Hopper medium data, then evaluation")
     p.add_argument("--steps", type=_positive(int), default=20_000)

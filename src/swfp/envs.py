@@ -24,6 +24,10 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 
+if "swfp/QuadraticBandit-v0" not in gym.registry:
+    gym.register("swfp/QuadraticBandit-v0", entry_point="swfp.bandit:QuadraticBandit", max_episode_steps=1)
+
+
 class TaskError(ValueError):
     """A task id that cannot be made, or whose spaces the library does not support."""
 
@@ -49,6 +53,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
     "HalfCheetah-v5": TaskSpec("HalfCheetah-v5"),
     "Ant-v5": TaskSpec("Ant-v5"),
     "Humanoid-v5": TaskSpec("Humanoid-v5", hidden_dims=(512, 512, 512), expert_env_steps=1_000_000),
+    "swfp/QuadraticBandit-v0": TaskSpec("swfp/QuadraticBandit-v0", max_episode_steps=1, eval_episodes=64,
+                                        hidden_dims=(64, 64), expert_env_steps=5_000),
 }
 
 

@@ -1,0 +1,298 @@
+"""SWFP: online fine-tuning of a flow policy by a cascade of JKO flow blocks (arXiv 2510.15388).
+
+Our reading of the method is DESIGN.md §2–3; the mathematics lives in :mod:`swfp.blocks` and
+:mod:`swfp.cascade`, the loop in :mod:`swfp.runner`. This file is what is specific to SWFP:
+
+* **Critic.** Clipped double Q on the mixture of demonstrations and online data
+  (:class:`~swfp.buffer.MixedReplay`, 50/50 by default), target actions ``a' ~ π_n(·|s')`` from
+  the current cascade. The entropy term in the target is ``critic_entropy="none"`` by default
+  (SWFP's entropic regularisation already acts inside each block's objective, and the exact
+  log-density costs K Jacobians per target sample) or ``"exact"``.
+* **Critic warm-up.** ``critic_warmup_steps`` TD steps on the demonstrations before the first
+  environment step, so the first block is not trained against a random critic.
+* **Policy improvement.** Every S environment steps (``S = total / blocks_per_run`` unless
+  ``block_every`` is given, so a short run still appends several blocks), block n+1 is trained for
+  J steps on a pool of ``(s, a ~ π_n)`` pairs drawn once from the replay's states, then measured on
+  held-out states (fresh states and fresh actions) and appended only if its free energy went down
+  (ΔF < 0, everything finite, the map invertible); a rejected block leaves ``π_n`` unchanged.
+* **Q scale.** Locomotion returns put Q in the hundreds, so a fixed τ and α would mean different
+  things on every task. The block objective uses ``Q / mean|Q|`` measured on the block's pool
+  (``normalize_q``), as TD3+BC and FQL normalise their Q terms: τ is then a step in "relative value
+  per unit action²" and α a relative temperature, and the same defaults serve every task.
+* **τ and α.** Fixed by default; ``tau_radius`` adapts τ after each block so the measured W₂ move
+  stays near that radius (:func:`~swfp.blocks.adapt_tau`); ``target_entropy`` tunes α toward that
+  entropy of the cascade (exact log-density on held-out states) with a step ``alpha_lr`` on log α.
+* **Compaction.** At ``max_blocks`` accepted blocks the cascade is distilled into a new base flow
+  (:func:`~swfp.cascade.compact`) so inference stays at K Euler steps; the return of the policy
+  just before and just after is measured on the evaluation seeds and logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from swfp.blocks import BlockConfig, JKOBlock, adapt_tau
+from swfp.buffer import Batch, MixedReplay, ReplayBuffer
+from swfp.cascade import Cascade, compact, refine
+from swfp.critic import Critic, CriticConfig
+from swfp.data import Dataset, action_bounds, load_dataset, normalize_actions
+from swfp.policy import Policy
+from swfp.runio import read_json
+
+CRITIC_ENTROPY = ("none", "exact")
+
+
+@dataclass
+class SWFPConfig:
+    # JKO step
+    tau: float = 0.1                     # τ, the JKO step size (on the normalised Q scale)
+    alpha: float = 0.01                  # α, the entropic temperature (initial value if tuned)
+    objective: str = "jko"               # or the Jacobian-free ablation "langevin_fm"
+    block_hidden_dims: tuple[int, ...] = (64, 64)
+    block_sub_steps: int = 1
+    block_grad_steps: int = 500          # J
+    block_lr: float = 3e-4
+    block_batch_size: int = 256
+    pool_size: int = 8192
+    heldout_states: int = 1024
+    normalize_q: bool = True
+    q_reduce: str = "mean"               # how the block objective reduces the critic ensemble
+    # schedule
+    blocks_per_run: int = 20
+    block_every: int | None = None       # S; None: total_env_steps / blocks_per_run
+    max_blocks: int = 8                  # N_max, then compaction
+    compaction_steps: int = 2_000
+    tau_radius: float | None = None      # adapt τ toward this per-block W₂ (None: fixed τ)
+    target_entropy: float | None = None  # tune α toward this entropy (None: fixed α)
+    alpha_lr: float = 0.1
+    # critic and data
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    critic_entropy: str = "none"
+    batch_size: int = 256
+    utd_ratio: int = 1                   # critic updates per environment step
+    offline_fraction: float = 0.5
+    critic_warmup_steps: int = 2_000
+    replay_capacity: int = 1_000_000
+
+    def __post_init__(self):
+        if isinstance(self.critic, dict):
+            self.critic = CriticConfig(**self.critic)
+        self.block_hidden_dims = tuple(self.block_hidden_dims)
+        self.block_config()  # validates the block fields
+        if self.critic_entropy not in CRITIC_ENTROPY:
+            raise ValueError(f"critic_entropy must be one of {CRITIC_ENTROPY}, got {self.critic_entropy!r}")
+        if self.q_reduce not in ("mean", "min"):
+            raise ValueError(f"q_reduce must be 'mean' or 'min', got {self.q_reduce!r}")
+        for name in ("blocks_per_run", "max_blocks", "batch_size", "utd_ratio", "heldout_states", "replay_capacity"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.block_every is not None and self.block_every < 1:
+            raise ValueError(f"block_every must be >= 1, got {self.block_every}")
+        if self.compaction_steps < 0 or self.critic_warmup_steps < 0:
+            raise ValueError("compaction_steps and critic_warmup_steps must be >= 0")
+        if self.tau_radius is not None and self.tau_radius <= 0:
+            raise ValueError(f"tau_radius must be > 0, got {self.tau_radius}")
+
+    def block_config(self, tau: float | None = None, alpha: float | None = None) -> BlockConfig:
+        return BlockConfig(hidden_dims=self.block_hidden_dims, sub_steps=self.block_sub_steps,
+                           tau=self.tau if tau is None else tau, alpha=self.alpha if alpha is None else alpha,
+                           lr=self.block_lr, grad_steps=self.block_grad_steps, batch_size=self.block_batch_size,
+                           pool_size=self.pool_size, objective=self.objective)
+
+
+class SWFP:
+    """The SWFP learner (a :class:`swfp.runner.Learner`) and its user API.
+
+    >>> agent = SWFP.from_pretrained("runs/hopper-bc", config=SWFPConfig(tau=0.1, alpha=0.01))
+    >>> agent.learn(total_env_steps=300_000, out="runs/hopper-swfp")
+    >>> agent.save("runs/hopper-swfp")
+    """
+
+    name = "swfp"
+
+    def __init__(self, policy: Policy, demonstrations: Dataset, config: SWFPConfig | None = None,
+                 total_env_steps: int = 300_000):
+        self.config = config or SWFPConfig()
+        self._policy = policy
+        self.total_env_steps = total_env_steps
+        self.block_every = self.config.block_every or max(total_env_steps // self.config.blocks_per_run, 1)
+        obs_dim, act_dim = policy.obs_mean.shape[0], policy.cascade.act_dim
+        self.critic = Critic(obs_dim, act_dim, self.config.critic)
+        low, high = policy.action_low, policy.action_high
+        self.replay = MixedReplay(
+            ReplayBuffer.from_transitions(demonstrations.observations, normalize_actions(
+                demonstrations.actions, low, high), demonstrations.rewards, demonstrations.next_observations,
+                demonstrations.terminals.astype(np.float32)),
+            ReplayBuffer(obs_dim, act_dim, self.config.replay_capacity), self.config.offline_fraction)
+        if policy.action_chunk != 1:
+            raise ValueError("SWFP fine-tuning of action-chunked policies is not supported yet: the critic "
+                             "scores single actions; pre-train with --action-chunk 1")
+        self.rng = np.random.default_rng()
+        self.tau, self.alpha = self.config.tau, self.config.alpha
+        self.warmed_up = False
+        self.env_step = 0
+        self.counts = {"accepted": 0, "rejected": 0, "compactions": 0}
+        self.last_block: dict[str, float] = {}
+        self.evaluate_return: Callable[[Policy], float] | None = None  # set by learn() for compaction checks
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, run_dir, env: str | None = None, config: SWFPConfig | None = None,
+                        dataset: str | None = None, total_env_steps: int = 300_000) -> "SWFP":
+        """Start from a pre-trained run: its policy, and (unless ``dataset`` is given) the
+        demonstrations it was trained on, read from its ``config.json``."""
+        policy = Policy.load(Path(run_dir))
+        if env is not None and env != policy.task_id:
+            raise ValueError(f"{run_dir} was trained on {policy.task_id!r}, not {env!r}")
+        if dataset is None:
+            dataset = read_json(Path(run_dir) / "config.json").get("dataset")
+            if dataset is None:
+                raise ValueError(f"{run_dir}/config.json names no dataset; pass the demonstrations with --dataset")
+        return cls(policy, load_dataset(dataset, policy.task_id), config, total_env_steps)
+
+    def learn(self, total_env_steps: int | None = None, out=None, seed: int = 0, num_envs: int = 1,
+              eval_every: int | None = None, eval_episodes: int | None = None, checkpoint_every: int | None = None,
+              resume: bool = False) -> dict:
+        """Fine-tune online (see :func:`swfp.runner.run`); returns the run summary."""
+        from swfp.runner import RunConfig, evaluate_policy, run
+
+        if total_env_steps is not None and total_env_steps != self.total_env_steps:
+            self.total_env_steps = total_env_steps
+            self.block_every = self.config.block_every or max(total_env_steps // self.config.blocks_per_run, 1)
+        run_config = RunConfig(task=self._policy.task_id, total_env_steps=self.total_env_steps, num_envs=num_envs,
+                               seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
+                               checkpoint_every=checkpoint_every).resolved()
+        self.rng = np.random.default_rng(seed)
+        self.evaluate_return = lambda policy: evaluate_policy(policy, run_config, 0)["return_mean"]
+        out = Path(out or f"runs/{self.name}-{run_config.task}-seed{seed}")
+        return run(self, run_config, out, resume=resume,
+                   run_config={"algorithm": self.name, "run": run_config, "swfp": self.config,
+                               "block_every": self.block_every})
+
+    def save(self, path) -> Path:
+        return self._policy.save(Path(path))
+
+    # -- the runner's Learner interface -------------------------------------------------------
+    def policy(self) -> Policy:
+        return self._policy
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self._policy.normalized_actions(obs)
+
+    def observe(self, obs, actions, rewards, next_obs, terminals) -> None:
+        self.replay.online.add(obs, actions, rewards, next_obs, terminals)
+
+    def _normalized(self, batch: Batch) -> Batch:
+        norm = self._policy.normalize_obs
+        return dataclasses.replace(batch, observations=norm(batch.observations),
+                                   next_observations=norm(batch.next_observations))
+
+    def _critic_step(self) -> dict[str, float]:
+        batch = self._normalized(self.replay.sample(self.config.batch_size, self.rng))
+        exact = self.config.critic_entropy == "exact"
+        with torch.no_grad():
+            next_actions, next_log_prob = self._policy.cascade.sample(batch.next_observations, with_log_prob=exact)
+        return self.critic.update(batch, next_actions, next_log_prob, self.alpha)
+
+    def train(self, env_step: int) -> dict[str, float]:
+        """``utd_ratio`` critic steps per new environment step (after the one-off warm-up), and a new
+        block whenever ``env_step`` crosses a multiple of S."""
+        new_steps, previous = env_step - self.env_step, self.env_step
+        self.env_step = env_step
+        metrics: dict[str, float] = {}
+        if not self.warmed_up:
+            for _ in range(self.config.critic_warmup_steps):
+                metrics = self._critic_step()
+            self.warmed_up = True
+        for _ in range(self.config.utd_ratio * new_steps):
+            metrics = self._critic_step()
+        if env_step // self.block_every > previous // self.block_every:
+            metrics.update(self.improve())
+        return metrics
+
+    def _states(self, n: int) -> torch.Tensor:
+        return self._policy.normalize_obs(self.replay.sample(n, self.rng).observations)
+
+    def improve(self) -> dict[str, float]:
+        """One SWFP refinement step (block n+1), then τ/α adaptation and, at ``max_blocks``, compaction."""
+        cfg, cascade = self.config, self._policy.cascade
+        start = time.perf_counter()
+        train_states, heldout_states = self._states(cfg.pool_size), self._states(cfg.heldout_states)
+        with torch.no_grad():
+            scale = self.critic.value(train_states, cascade.sample(train_states)[0], cfg.q_reduce).abs().mean()
+        scale = float(scale.clamp_min(1e-6)) if cfg.normalize_q else 1.0
+
+        def q_fn(obs, actions):
+            return self.critic.value(obs, actions, cfg.q_reduce) / scale
+
+        generator = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
+        result = refine(cascade, train_states, heldout_states, q_fn, cfg.block_config(self.tau, self.alpha), generator)
+        self.counts["accepted" if result["accepted"] else "rejected"] += 1
+        block = {k: float(v) for k, v in result.items()}
+        block.update(seconds=time.perf_counter() - start, tau=self.tau, alpha=self.alpha, q_scale=scale)
+        if result["accepted"] and cfg.tau_radius is not None:
+            self.tau = adapt_tau(self.tau, result["w2_upper"], cfg.tau_radius)
+        if cfg.target_entropy is not None:
+            with torch.no_grad():
+                entropy = -cascade.sample(heldout_states[:256], with_log_prob=True)[1].mean().item()
+            self.alpha *= math.exp(cfg.alpha_lr * (cfg.target_entropy - entropy))
+            block["entropy"] = entropy
+        if cascade.num_blocks >= cfg.max_blocks:
+            block.update(self.compact())
+        self.last_block = block
+        return {f"block_{k}": v for k, v in block.items()}
+
+    def compact(self) -> dict[str, float]:
+        """Distil the cascade into a new base flow; measure the return just before and after."""
+        before = self.evaluate_return(self._policy) if self.evaluate_return else float("nan")
+        new_base = compact(self._policy.cascade, self._states(4096), self.config.compaction_steps, 256, 1e-4,
+                           torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+        self._policy.cascade = Cascade(new_base)
+        after = self.evaluate_return(self._policy) if self.evaluate_return else float("nan")
+        self.counts["compactions"] += 1
+        return {"return_before_compaction": before, "return_after_compaction": after}
+
+    def status(self) -> dict[str, float]:
+        keep = ("delta_free_energy", "transport_cost", "w2_upper", "trust_bound")
+        return {"blocks": float(self._policy.cascade.num_blocks),
+                **{f"blocks_{k}": float(v) for k, v in self.counts.items()},
+                "tau": self.tau, "alpha": self.alpha, **{k: self.last_block[k] for k in keep if k in self.last_block}}
+
+    # -- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        cascade = self._policy.cascade
+        return {"critic": self.critic.state_dict(), "base": cascade.base.state_dict(),
+                "blocks": [{"config": json_config(b.config), "weights": b.state_dict()} for b in cascade.blocks],
+                "online": {k: torch.as_tensor(v) for k, v in self.replay.online.state_dict().items()},
+                "tau": self.tau, "alpha": self.alpha, "warmed_up": self.warmed_up, "counts": dict(self.counts),
+                "env_step": self.env_step, "total_env_steps": self.total_env_steps,
+                "last_block": dict(self.last_block)}
+
+    def load_state_dict(self, state: dict) -> None:
+        base = self._policy.cascade.base
+        base.load_state_dict(state["base"])
+        blocks = []
+        for entry in state["blocks"]:
+            block = JKOBlock(base.obs_dim, base.act_dim, BlockConfig(**entry["config"]))
+            block.load_state_dict(entry["weights"])
+            blocks.append(block)
+        self._policy.cascade = Cascade(base, blocks)
+        self.critic.load_state_dict(state["critic"])
+        self.replay.online.load_state_dict({k: v.numpy() for k, v in state["online"].items()})
+        self.tau, self.alpha, self.warmed_up = state["tau"], state["alpha"], state["warmed_up"]
+        self.counts, self.env_step = dict(state["counts"]), state["env_step"]
+        self.last_block = dict(state["last_block"])
+
+
+def json_config(config) -> dict:
+    """A dataclass config as plain JSON types (tuples become lists), storable in a weights-only checkpoint."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
