@@ -48,11 +48,7 @@ class SACConfig:
     layer_norm: bool = False
 
     def __post_init__(self):
-        self.hidden_dims = tuple(self.hidden_dims)
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        if not 0 < self.polyak <= 1:
-            raise ValueError(f"polyak must be in (0, 1], got {self.polyak}")
+        self.hidden_dims = tuple(self.hidden_dims)  # gamma and polyak are checked by the CriticConfig SAC builds
         if self.batch_size < 1 or self.init_alpha <= 0:
             raise ValueError("batch_size must be >= 1 and init_alpha > 0")
 
