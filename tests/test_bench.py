@@ -41,3 +41,10 @@ def test_bench_bc_runs_from_the_shipped_expert_and_resumes(tmp_path):
     assert main(args) == 0  # a finished run is not repeated
     assert summary.stat().st_mtime_ns == first
     assert (tmp_path / "data" / "hopper-v5-medium.npz").is_file()
+
+
+def test_bench_critic_writes_both_modes(tmp_path):
+    assert main(["bench", "critic", "--tasks", "swfp/QuadraticBandit-v0", "--repeats", "2", "--out", str(tmp_path)]) == 0
+    row = next(csv.DictReader(open(tmp_path / "critic_entropy.csv")))
+    assert float(row["none_ms"]) > 0 and float(row["exact_ms"]) > 0
+    assert "exact / none" in (tmp_path / "critic_entropy.md").read_text()

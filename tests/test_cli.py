@@ -84,7 +84,7 @@ def test_bad_input_gets_a_clear_error(args, message, tmp_path):
 
 
 @pytest.mark.parametrize("command", [["expert"], ["demos"], ["pretrain"], ["eval"], ["quickstart"],
-                                     ["bench", "envs"], ["bench", "bc"]])
+                                     ["finetune"], ["bench", "envs"], ["bench", "bc"], ["bench", "critic"]])
 def test_every_subcommand_has_help(command, capsys):
     from swfp.cli import main
 

@@ -3,7 +3,8 @@
 ``swfp bench envs`` times environment stepping with Gymnasium's synchronous and asynchronous
 vector environments, the measurement behind :func:`swfp.envs.make_vector_env` being synchronous. ``swfp bench bc``
 pre-trains flow policies on the medium demonstrations of each task over several seeds and
-tabulates their return against the dataset's.
+tabulates their return against the dataset's. ``swfp bench critic`` times SWFP's critic update
+with and without the exact entropy term in its target.
 """
 
 from __future__ import annotations
@@ -109,4 +110,56 @@ def write_bc_table(out: Path) -> list[dict]:
         lines.append(f"| {task} | {rs[0]['dataset_return']:.1f} | {bc.mean():.1f} ± {bc.std():.1f} | {len(rs)} | "
                      f"{rs[0]['steps']} | {np.mean([r['train_seconds'] for r in rs]):.0f} s |")
     atomic_write_text(Path(out) / "bc.md", "\n".join(lines) + "\n")
+    return rows
+
+
+def bench_critic_entropy(tasks: list[str], repeats: int, out: Path) -> list[dict]:
+    """Median wall time of one SWFP critic update with ``critic_entropy="none"`` vs ``"exact"``.
+
+    ``"exact"`` needs the cascade's log-density of every target action: K Jacobians per sample.
+    The networks have each task's default sizes (base flow K = 10, batch 256); weights are random,
+    which does not change the cost. Medians over ``repeats`` updates after 5 warm-up updates.
+    """
+    import statistics
+
+    import torch
+
+    from swfp.buffer import Batch
+    from swfp.cascade import Cascade
+    from swfp.critic import Critic, CriticConfig
+    from swfp.envs import env_dims
+    from swfp.flow import FlowConfig, FlowPolicy
+
+    rows = []
+    for task in tasks:
+        obs_dim, act_dim = env_dims(task)
+        cascade = Cascade(FlowPolicy(obs_dim, act_dim, FlowConfig(hidden_dims=task_spec(task).hidden_dims)))
+        critic = Critic(obs_dim, act_dim, CriticConfig())
+        batch = Batch(torch.randn(256, obs_dim), torch.rand(256, act_dim) * 2 - 1, torch.randn(256),
+                      torch.randn(256, obs_dim), torch.zeros(256))
+        row = {"task": task, "act_dim": act_dim}
+        for mode in ("none", "exact"):
+            times = []
+            for i in range(repeats + 5):
+                start = time.perf_counter()
+                with torch.no_grad():
+                    next_actions, next_log_prob = cascade.sample(batch.next_observations, with_log_prob=mode == "exact")
+                critic.update(batch, next_actions, next_log_prob, 0.01)
+                if i >= 5:
+                    times.append(time.perf_counter() - start)
+            row[f"{mode}_ms"] = 1000 * statistics.median(times)
+        row["exact_over_none"] = row["exact_ms"] / row["none_ms"]
+        rows.append(row)
+    out = Path(out)
+    write_run_metadata(out, {"tasks": tasks, "repeats": repeats}, seed=0, kind="bench-critic-entropy")
+    header = list(rows[0])
+    atomic_write_text(out / "critic_entropy.csv", "\n".join([",".join(header)] + [
+        ",".join(f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in header) for r in rows]) + "\n")
+    lines = [f"SWFP critic update (batch 256, K = 10, {os.cpu_count()} cores, torch threads "
+             f"{torch.get_num_threads()}), median of {repeats}", "",
+             "| task | action dim | entropy none (ms) | entropy exact (ms) | exact / none |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['task']} | {r['act_dim']} | {r['none_ms']:.1f} | {r['exact_ms']:.1f} | {r['exact_over_none']:.1f} |"
+              for r in rows]
+    atomic_write_text(out / "critic_entropy.md", "\n".join(lines) + "\n")
     return rows

@@ -184,6 +184,14 @@ def cmd_bench_envs(args) -> int:
     return 0
 
 
+def cmd_bench_critic(args) -> int:
+    from swfp.bench import bench_critic_entropy
+
+    bench_critic_entropy(args.tasks, args.repeats, Path(args.out))
+    print((Path(args.out) / "critic_entropy.md").read_text())
+    return 0
+
+
 def cmd_bench_bc(args) -> int:
     from swfp.bench import bench_bc
 
@@ -289,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_positive(int), default=50, help="medium episodes per dataset")
     p.add_argument("--out", default="benchmarks/results/bc")
     p.set_defaults(func=cmd_bench_bc)
+    p = bench_sub.add_parser("critic", help="cost of the critic update with and without the exact entropy term")
+    p.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "Ant-v5"])
+    p.add_argument("--repeats", type=_positive(int), default=30)
+    p.add_argument("--out", default="benchmarks/results/critic")
+    p.set_defaults(func=cmd_bench_critic)
     return parser
 
 
