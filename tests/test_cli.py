@@ -30,6 +30,20 @@ def pipeline(tmp_path_factory):
     return root
 
 
+def test_action_chunks_pretrain_and_run_open_loop(pipeline):
+    """H = 2: the flow outputs two actions per call and evaluation executes them open-loop."""
+    swfp_cli("pretrain", "--dataset", pipeline / "demos.npz", "--steps", 20, "--hidden-dims", 16, "--euler-steps", 2,
+             "--action-chunk", 2, "--eval-episodes", 1, "--out", pipeline / "bc-chunk")
+    policy = swfp.load(pipeline / "bc-chunk")
+    assert policy.action_chunk == 2 and policy.cascade.act_dim == 6
+    obs = np.zeros((4, 11), np.float32)
+    actions = policy.predict(obs)
+    assert actions.shape == (4, 2, 3)
+    assert np.isfinite(policy.log_prob(obs, actions)).all()
+    out = json.loads(swfp_cli("eval", pipeline / "bc-chunk", "--episodes", 2, "--json").stdout)
+    assert out["episodes"] == 2 and out["episode_length_mean"] >= 1
+
+
 def test_pipeline_writes_what_it_promises(pipeline):
     for name in ("expert.json", "expert.safetensors", "medium.safetensors", "meta.json", "config.json"):
         assert (pipeline / "expert" / name).is_file(), name
