@@ -21,6 +21,13 @@ from swfp.envs import make_env, task_spec
 from swfp.runio import atomic_write_text, write_run_metadata
 
 
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    """One row per dict (floats to 3 decimals), atomically."""
+    header = list(rows[0])
+    atomic_write_text(path, "\n".join([",".join(header)] + [
+        ",".join(f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in header) for r in rows]) + "\n")
+
+
 def time_vector_env(task_id: str, kind: str, num_envs: int, steps: int, seed: int = 0) -> float:
     """Environment steps per second (summed over sub-environments) with uniform random actions,
     after a warm-up of ``steps // 10`` vector steps."""
@@ -51,9 +58,7 @@ def bench_envs(task_id: str, num_envs: list[int], steps: int, out: Path) -> list
                      "async_steps_per_s": rates["async"], "async_over_sync": rates["async"] / rates["sync"]})
     out = Path(out)
     write_run_metadata(out, {"task": task_id, "num_envs": num_envs, "steps": steps}, seed=0, kind="bench-envs")
-    header = list(rows[0])
-    atomic_write_text(out / "envs.csv", "\n".join([",".join(header)] + [
-        ",".join(f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in header) for r in rows]) + "\n")
+    write_rows_csv(out / "envs.csv", rows)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     lines = [f"Vector-env stepping, {task_id}, random actions, {steps} vector steps ({machine})", "",
              "| envs | sync steps/s | async steps/s | async / sync |", "| ---: | ---: | ---: | ---: |"]
@@ -99,9 +104,7 @@ def write_bc_table(out: Path) -> list[dict]:
                      "bc_return_std": s["bc_eval"]["return_std"], "train_seconds": s["train_seconds"]})
     if not rows:
         return rows
-    header = list(rows[0])
-    atomic_write_text(Path(out) / "bc.csv", "\n".join([",".join(header)] + [
-        ",".join(f"{r[h]:.2f}" if isinstance(r[h], float) else str(r[h]) for h in header) for r in rows]) + "\n")
+    write_rows_csv(Path(out) / "bc.csv", rows)
     lines = ["| task | dataset return | BC return (mean ± std over seeds) | seeds | steps | train time per run |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for task in sorted({r["task"] for r in rows}):
@@ -152,9 +155,7 @@ def bench_critic_entropy(tasks: list[str], repeats: int, out: Path) -> list[dict
         rows.append(row)
     out = Path(out)
     write_run_metadata(out, {"tasks": tasks, "repeats": repeats}, seed=0, kind="bench-critic-entropy")
-    header = list(rows[0])
-    atomic_write_text(out / "critic_entropy.csv", "\n".join([",".join(header)] + [
-        ",".join(f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in header) for r in rows]) + "\n")
+    write_rows_csv(out / "critic_entropy.csv", rows)
     lines = [f"SWFP critic update (batch 256, K = 10, {os.cpu_count()} cores, torch threads "
              f"{torch.get_num_threads()}), median of {repeats}", "",
              "| task | action dim | entropy none (ms) | entropy exact (ms) | exact / none |",
