@@ -10,8 +10,8 @@ specific to it; the runner owns everything else, so methods compare on equal ter
   and with the deterministic one (chains started from the noise mean).
 * **Checkpoints** every ``checkpoint_every`` env steps: one file, ``checkpoint.pt``, written
   atomically with ``torch.save`` and read back with ``torch.load(weights_only=True)`` (no arbitrary
-  unpickling). It holds the learner (networks, optimisers, replay, schedules), the counters and
-  every RNG state. ``resume`` continues from it; what is lost is only the episodes that were in
+  unpickling). It holds the learner (networks, optimisers, replay, schedules and its own numpy
+  generator), the counters and torch's RNG state. ``resume`` continues from it; what is lost is only the episodes that were in
   progress (environments restart their episodes) and TensorBoard events written after the
   checkpoint (they are written again). The CSV histories are cut back to the checkpoint, so a
   resumed run's history has no gap and no duplicate row.
@@ -94,10 +94,10 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def evaluate_policy(policy: Policy, config: RunConfig, env_step: int) -> dict[str, float]:
-    """Stochastic and deterministic returns of ``policy`` on the run's fixed evaluation seeds."""
+def evaluate_policy(policy: Policy, config: RunConfig, deterministic_too: bool = True) -> dict[str, float]:
+    """Stochastic (and deterministic) returns of ``policy`` on the run's fixed evaluation seeds."""
     out = {}
-    for label, deterministic in (("", False), ("det_", True)):
+    for label, deterministic in (("", False), ("det_", True))[: 2 if deterministic_too else 1]:
         result = evaluate(lambda o: policy.normalized_actions(o, deterministic=deterministic), config.task,
                           config.eval_episodes, seed=config.seed + 1_000_000, action_chunk=policy.action_chunk)
         summary = result.summary()
@@ -106,22 +106,22 @@ def evaluate_policy(policy: Policy, config: RunConfig, env_step: int) -> dict[st
     return out
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": json.dumps(rng.bit_generator.state)}
+def rng_state(rng: np.random.Generator) -> str:
+    """A numpy generator's state as JSON (storable in a weights-only checkpoint)."""
+    return json.dumps(rng.bit_generator.state)
 
 
-def _restore_rng(state: dict, rng: np.random.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    rng.bit_generator.state = json.loads(state["numpy"])
+def restore_rng(rng: np.random.Generator, state: str) -> None:
+    rng.bit_generator.state = json.loads(state)
 
 
-def save_checkpoint(out: Path, learner: Learner, env_step: int, rng: np.random.Generator) -> None:
-    state = {"env_step": env_step, "learner": learner.state_dict(), "rng": _rng_state(rng),
+def save_checkpoint(out: Path, learner: Learner, env_step: int) -> None:
+    state = {"env_step": env_step, "learner": learner.state_dict(), "torch_rng": torch.get_rng_state(),
              "algorithm": learner.name}
     atomic_write(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(out: Path, learner: Learner, rng: np.random.Generator) -> int:
+def load_checkpoint(out: Path, learner: Learner) -> int:
     path = out / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"cannot resume: {path} does not exist (the run wrote no checkpoint yet); "
@@ -134,7 +134,7 @@ def load_checkpoint(out: Path, learner: Learner, rng: np.random.Generator) -> in
         raise CheckpointError(f"checkpoint {path} was written by algorithm {state.get('algorithm')!r}, "
                               f"not {learner.name!r}; resume with the same --algo")
     learner.load_state_dict(state["learner"])
-    _restore_rng(state["rng"], rng)
+    torch.set_rng_state(state["torch_rng"])
     return int(state["env_step"])
 
 
@@ -162,10 +162,9 @@ def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, ru
     """
     out = Path(out)
     config = config.resolved()
-    rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     if resume:
-        env_step = load_checkpoint(out, learner, rng)
+        env_step = load_checkpoint(out, learner)
         _truncate_history(out, env_step)
     else:
         env_step = 0
@@ -174,7 +173,7 @@ def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, ru
     venv = make_vector_env(config.task, config.num_envs, seed=config.seed + env_step)
     obs, _ = venv.reset(seed=config.seed + env_step)
     if env_step == 0:
-        logger.log("eval", 0, {**evaluate_policy(learner.policy(), config, 0), **learner.status()})
+        logger.log("eval", 0, {**evaluate_policy(learner.policy(), config), **learner.status()})
     timings = {"collect": 0.0, "train": 0.0, "eval": 0.0}
     start, start_step = time.time(), env_step
     with make_progress() as progress:
@@ -196,19 +195,19 @@ def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, ru
                 logger.log("train", env_step, metrics)
             if _crossed(before, env_step, config.eval_every) or env_step >= config.total_env_steps:
                 t3 = time.perf_counter()
-                evaluation = {**evaluate_policy(learner.policy(), config, env_step), **learner.status()}
+                evaluation = {**evaluate_policy(learner.policy(), config), **learner.status()}
                 timings["eval"] += time.perf_counter() - t3
                 logger.log("eval", env_step, evaluation)
                 progress.update(bar, status=" ".join(f"{k} {v:.3g}" for k, v in evaluation.items()
                                                      if k in ("return_mean", "det_return_mean", "blocks",
                                                               "w2_upper", "trust_bound")))
             if _crossed(before, env_step, config.checkpoint_every):
-                save_checkpoint(out, learner, env_step, rng)
+                save_checkpoint(out, learner, env_step)
             progress.update(bar, completed=env_step)
     venv.close()
     logger.close()
     learner.policy().save(out)
-    save_checkpoint(out, learner, env_step, rng)
+    save_checkpoint(out, learner, env_step)
     history = read_csv(out / "eval.csv")
     before_return, final = history[0]["return_mean"], history[-1]
     summary = {"algorithm": learner.name, "task": config.task, "env_steps": env_step,

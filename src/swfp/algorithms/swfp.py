@@ -46,6 +46,7 @@ from swfp.critic import Critic, CriticConfig
 from swfp.data import Dataset, action_bounds, load_dataset, normalize_actions
 from swfp.policy import Policy
 from swfp.runio import read_json
+from swfp.runner import RunConfig, evaluate_policy, restore_rng, rng_state, run
 
 CRITIC_ENTROPY = ("none", "exact")
 
@@ -162,16 +163,15 @@ class SWFP:
               eval_every: int | None = None, eval_episodes: int | None = None, checkpoint_every: int | None = None,
               resume: bool = False) -> dict:
         """Fine-tune online (see :func:`swfp.runner.run`); returns the run summary."""
-        from swfp.runner import RunConfig, evaluate_policy, run
-
         if total_env_steps is not None and total_env_steps != self.total_env_steps:
             self.total_env_steps = total_env_steps
             self.block_every = self.config.block_every or max(total_env_steps // self.config.blocks_per_run, 1)
         run_config = RunConfig(task=self._policy.task_id, total_env_steps=self.total_env_steps, num_envs=num_envs,
                                seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
                                checkpoint_every=checkpoint_every).resolved()
-        self.rng = np.random.default_rng(seed)
-        self.evaluate_return = lambda policy: evaluate_policy(policy, run_config, 0)["return_mean"]
+        if not resume:
+            self.rng = np.random.default_rng(seed)  # on resume, the checkpoint restores it
+        self.evaluate_return = lambda policy: evaluate_policy(policy, run_config, deterministic_too=False)["return_mean"]
         out = Path(out or f"runs/{self.name}-{run_config.task}-seed{seed}")
         return run(self, run_config, out, resume=resume,
                    run_config={"algorithm": self.name, "run": run_config, "swfp": self.config,
@@ -273,7 +273,7 @@ class SWFP:
                 "blocks": [{"config": json_config(b.config), "weights": b.state_dict()} for b in cascade.blocks],
                 "online": {k: torch.as_tensor(v) for k, v in self.replay.online.state_dict().items()},
                 "tau": self.tau, "alpha": self.alpha, "warmed_up": self.warmed_up, "counts": dict(self.counts),
-                "env_step": self.env_step, "total_env_steps": self.total_env_steps,
+                "env_step": self.env_step, "total_env_steps": self.total_env_steps, "rng": rng_state(self.rng),
                 "last_block": dict(self.last_block)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -290,6 +290,7 @@ class SWFP:
         self.tau, self.alpha, self.warmed_up = state["tau"], state["alpha"], state["warmed_up"]
         self.counts, self.env_step = dict(state["counts"]), state["env_step"]
         self.last_block = dict(state["last_block"])
+        restore_rng(self.rng, state["rng"])
 
 
 def json_config(config) -> dict:
