@@ -141,6 +141,7 @@ class SWFP:
         self.warmed_up = False
         self.env_step = 0
         self.counts = {"accepted": 0, "rejected": 0, "compactions": 0}
+        self.seconds = {"critic": 0.0, "block": 0.0}  # cumulative wall time, for the per-env-step split
         self.last_block: dict[str, float] = {}
         self.evaluate_return: Callable[[Policy], float] | None = None  # set by learn() for compaction checks
 
@@ -208,14 +209,18 @@ class SWFP:
         new_steps, previous = env_step - self.env_step, self.env_step
         self.env_step = env_step
         metrics: dict[str, float] = {}
+        start = time.perf_counter()
         if not self.warmed_up:
             for _ in range(self.config.critic_warmup_steps):
                 metrics = self._critic_step()
             self.warmed_up = True
         for _ in range(self.config.utd_ratio * new_steps):
             metrics = self._critic_step()
+        self.seconds["critic"] += time.perf_counter() - start
         if env_step // self.block_every > previous // self.block_every:
+            start = time.perf_counter()
             metrics.update(self.improve())
+            self.seconds["block"] += time.perf_counter() - start
         return metrics
 
     def _states(self, n: int) -> torch.Tensor:
@@ -264,7 +269,8 @@ class SWFP:
         keep = ("delta_free_energy", "transport_cost", "w2_upper", "trust_bound")
         return {"blocks": float(self._policy.cascade.num_blocks),
                 **{f"blocks_{k}": float(v) for k, v in self.counts.items()},
-                "tau": self.tau, "alpha": self.alpha, **{k: self.last_block[k] for k in keep if k in self.last_block}}
+                "tau": self.tau, "alpha": self.alpha, **{f"{k}_seconds": v for k, v in self.seconds.items()},
+                **{k: self.last_block[k] for k in keep if k in self.last_block}}
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -273,6 +279,7 @@ class SWFP:
                 "blocks": [{"config": json_config(b.config), "weights": b.state_dict()} for b in cascade.blocks],
                 "online": {k: torch.as_tensor(v) for k, v in self.replay.online.state_dict().items()},
                 "tau": self.tau, "alpha": self.alpha, "warmed_up": self.warmed_up, "counts": dict(self.counts),
+                "seconds": dict(self.seconds),
                 "env_step": self.env_step, "total_env_steps": self.total_env_steps, "rng": rng_state(self.rng),
                 "last_block": dict(self.last_block)}
 
@@ -288,7 +295,7 @@ class SWFP:
         self.critic.load_state_dict(state["critic"])
         self.replay.online.load_state_dict({k: v.numpy() for k, v in state["online"].items()})
         self.tau, self.alpha, self.warmed_up = state["tau"], state["alpha"], state["warmed_up"]
-        self.counts, self.env_step = dict(state["counts"]), state["env_step"]
+        self.counts, self.env_step, self.seconds = dict(state["counts"]), state["env_step"], dict(state["seconds"])
         self.last_block = dict(state["last_block"])
         restore_rng(self.rng, state["rng"])
 
