@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 
-from swfp.blocks import LOSSES, BlockConfig, JKOBlock, adapt_tau, measure_block, train_block
+from swfp.blocks import LOSSES, BlockConfig, JKOBlock, adapt_tau, train_block
 from swfp.cascade import Cascade, accept_if_improves, compact, draw_pool, refine
 from swfp.flow import FlowConfig, FlowPolicy
 

@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 
 from swfp.algorithms.swfp import SWFP, SWFPConfig  # noqa: E402  (the fine-tuning API: swfp.SWFP)
 
+__all__ = ["SWFP", "SWFPConfig", "load", "__version__"]
+
 
 def load(path):
     """Load a trained flow policy from a run directory or checkpoint file (see :class:`swfp.policy.Policy`)."""

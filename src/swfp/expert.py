@@ -19,7 +19,7 @@ import torch
 
 from swfp.algorithms.sac import SAC, GaussianActor, SACConfig
 from swfp.buffer import ReplayBuffer
-from swfp.envs import env_dims, make_vector_env, step_vector_env, task_spec
+from swfp.envs import env_dims, make_vector_env, step_vector_env
 from swfp.evaluate import evaluate
 from swfp.logger import MetricLogger, make_progress, plot_learning_curve
 from swfp.runio import (CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json,

@@ -43,7 +43,7 @@ from swfp.blocks import BlockConfig, JKOBlock, adapt_tau
 from swfp.buffer import Batch, MixedReplay, ReplayBuffer
 from swfp.cascade import Cascade, compact, refine
 from swfp.critic import Critic, CriticConfig
-from swfp.data import Dataset, action_bounds, load_dataset, normalize_actions
+from swfp.data import Dataset, load_dataset, normalize_actions
 from swfp.policy import Policy
 from swfp.runio import read_json
 from swfp.runner import RunConfig, evaluate_policy, restore_rng, rng_state, run
