@@ -123,8 +123,7 @@ def make_vector_env(task_id: str, num_envs: int, seed: int) -> SyncVectorEnv:
     spec = task_spec(task_id)
     fns = [lambda: make_env(task_id, max_episode_steps=spec.max_episode_steps) for _ in range(num_envs)]
     venv = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-    venv.reset(seed=seed)
-    venv.action_space.seed(seed)
+    venv.action_space.seed(seed)  # the caller's venv.reset(seed=...) gives the first observations
     return venv
 
 

@@ -49,7 +49,8 @@ class Policy:
 
     # -- acting ---------------------------------------------------------------------------------
     def normalize_obs(self, obs) -> torch.Tensor:
-        obs = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        """Standardise with the training data's statistics; numpy or torch in, float32 tensor out."""
+        obs = torch.as_tensor(obs, dtype=torch.float32)
         if obs.shape[-1] != self.obs_mean.shape[0]:
             raise ValueError(f"observations have size {obs.shape[-1]}, the policy for {self.task_id} "
                              f"expects {self.obs_mean.shape[0]}")

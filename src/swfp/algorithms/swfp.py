@@ -124,7 +124,6 @@ class SWFP:
         self.config = config or SWFPConfig()
         self._policy = policy
         self.total_env_steps = total_env_steps
-        self.block_every = self.config.block_every or max(total_env_steps // self.config.blocks_per_run, 1)
         obs_dim, act_dim = policy.obs_mean.shape[0], policy.cascade.act_dim
         self.critic = Critic(obs_dim, act_dim, self.config.critic)
         low, high = policy.action_low, policy.action_high
@@ -164,9 +163,8 @@ class SWFP:
               eval_every: int | None = None, eval_episodes: int | None = None, checkpoint_every: int | None = None,
               resume: bool = False) -> dict:
         """Fine-tune online (see :func:`swfp.runner.run`); returns the run summary."""
-        if total_env_steps is not None and total_env_steps != self.total_env_steps:
+        if total_env_steps is not None:
             self.total_env_steps = total_env_steps
-            self.block_every = self.config.block_every or max(total_env_steps // self.config.blocks_per_run, 1)
         run_config = RunConfig(task=self._policy.task_id, total_env_steps=self.total_env_steps, num_envs=num_envs,
                                seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
                                checkpoint_every=checkpoint_every).resolved()
@@ -180,6 +178,11 @@ class SWFP:
 
     def save(self, path) -> Path:
         return self._policy.save(Path(path))
+
+    @property
+    def block_every(self) -> int:
+        """S, environment steps between blocks: ``block_every`` if set, else total / ``blocks_per_run``."""
+        return self.config.block_every or max(self.total_env_steps // self.config.blocks_per_run, 1)
 
     # -- the runner's Learner interface -------------------------------------------------------
     def policy(self) -> Policy:
@@ -232,7 +235,8 @@ class SWFP:
         start = time.perf_counter()
         train_states, heldout_states = self._states(cfg.pool_size), self._states(cfg.heldout_states)
         with torch.no_grad():
-            scale = self.critic.value(train_states, cascade.sample(train_states)[0], cfg.q_reduce).abs().mean()
+            # Q's magnitude under π_n, on the held-out states (a 1024-state estimate is plenty)
+            scale = self.critic.value(heldout_states, cascade.sample(heldout_states)[0], cfg.q_reduce).abs().mean()
         scale = float(scale.clamp_min(1e-6)) if cfg.normalize_q else 1.0
 
         def q_fn(obs, actions):
