@@ -27,7 +27,7 @@ from swfp.cascade import Cascade
 from swfp.flow import FlowConfig, FlowPolicy
 from swfp.runio import CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json, save_tensors
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SiLU velocity fields (1 had Mish; its weights would load but compute another flow)
 
 
 class Policy:
@@ -108,7 +108,8 @@ class Policy:
         spec = read_json(directory / "policy.json")
         if spec.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{directory / 'policy.json'} has format version {spec.get('format_version')}, "
-                                  f"this swfp reads version {FORMAT_VERSION}")
+                                  f"this swfp reads version {FORMAT_VERSION}; pre-train the policy again with this "
+                                  "version (`swfp pretrain`)")
         try:
             obs_dim, flat_act_dim = spec["obs_dim"], spec["act_dim"] * spec["action_chunk"]
             cascade = Cascade(FlowPolicy(obs_dim, flat_act_dim, FlowConfig(**spec["flow"])),
