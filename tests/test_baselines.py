@@ -23,7 +23,7 @@ from swfp.flow import FlowConfig, FlowPolicy
 from swfp.logger import read_csv
 from swfp.policy import Policy
 from swfp.runner import RunConfig, evaluate_policy
-from test_jko import saved_graph_bytes
+from swfp.compute import saved_graph_bytes
 from test_swfp import kill_after_first_checkpoint
 
 # Short-run settings per method (the defaults are for MuJoCo budgets; each is a --set override).

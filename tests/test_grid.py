@@ -68,6 +68,8 @@ def test_restarted_driver_skips_finished_trials_and_resumes_unfinished(demos, tm
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 400
     log = (tmp_path / "runs" / TASK / "swfp" / "seed0.log").read_text()
     assert "--resume" in log
+    grid = json.loads((tmp_path / "grid.json").read_text())  # both driver invocations are on record
+    assert grid["algos"] == ["bc", "swfp"] and [g["algos"] for g in grid["earlier_invocations"]] == [["bc"]]
 
 
 def test_grid_cli_rejects_an_incomplete_or_unknown_grid(tmp_path):

@@ -24,6 +24,7 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from swfp.blocks import LOSSES, BlockConfig, JKOBlock, adapt_tau, train_block
 from swfp.cascade import Cascade, accept_if_improves, compact, draw_pool, refine
+from swfp.compute import saved_graph_bytes
 from swfp.flow import FlowConfig, FlowPolicy
 
 ALPHA, SIGMA_R = 0.01, 1.0
@@ -159,30 +160,6 @@ def test_jko_blocks_converge_to_the_entropic_optimum(bandit):
 
 
 # --- 2. O(1) block cost -----------------------------------------------------------------------------
-
-def saved_graph_bytes(loss: torch.Tensor) -> int:
-    """Bytes of the distinct tensors saved for backward in ``loss``'s autograd graph.
-
-    ``saved_tensors_hooks`` cannot be used on a block's loss: ``torch.func.jacrev`` (inside the log-det)
-    refuses to run while such a hook is active. So this walks the graph and reads every node's
-    ``_saved_*`` tensors; :func:`test_block_training_cost_does_not_grow_with_the_chain` checks it
-    against ``saved_tensors_hooks`` where both work.
-    """
-    seen_nodes, seen_tensors, stack = set(), {}, [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen_nodes:
-            continue
-        seen_nodes.add(node)
-        for name in dir(node):
-            if name.startswith("_saved_"):
-                value = getattr(node, name)
-                for t in value if isinstance(value, (tuple, list)) else [value]:
-                    if isinstance(t, torch.Tensor):
-                        seen_tensors[(t.untyped_storage().data_ptr(), t.storage_offset(), t.shape)] = t.nbytes
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return sum(seen_tensors.values())
-
 
 def hooked_saved_bytes(fn) -> tuple[int, torch.Tensor]:
     """Bytes of the distinct tensors autograd saves while ``fn()`` runs, via ``saved_tensors_hooks``."""

@@ -291,6 +291,34 @@ def cmd_bench_critic(args) -> int:
     return 0
 
 
+def cmd_bench_compute(args) -> int:
+    from swfp.compute import ComputeConfig, bench_compute
+
+    config = ComputeConfig(task=args.task, euler_steps=args.euler_steps, block_counts=args.block_counts,
+                           repeats=args.repeats, threads=args.threads)
+    bench_compute(config, Path(args.out))
+    print((Path(args.out) / "compute.md").read_text())
+    return 0
+
+
+def cmd_bench_loop(args) -> int:
+    from swfp.compute import LoopConfig, bench_loop
+
+    config = LoopConfig(pretrained=args.run, algo=args.algo, env_steps=args.env_steps, budget=args.budget, seed=args.seed,
+                        repeats=args.repeats, threads=args.threads, settings=finetune_overrides(args, args.algo))
+    bench_loop(config, Path(args.out))
+    print((Path(args.out) / "loop.md").read_text())
+    return 0
+
+
+def cmd_bench_readme(args) -> int:
+    from swfp.readme import update_readme
+
+    update_readme(Path(args.readme), Path(args.results))
+    print(f"{args.readme}: results block regenerated from {args.results}")
+    return 0
+
+
 def cmd_bench_bc(args) -> int:
     from swfp.bench import bench_bc
 
@@ -482,6 +510,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("report", help="aggregate a grid: IQM with bootstrap intervals, P(improvement), dips, plots")
     p.add_argument("results", help="the grid's directory (holding runs/<task>/<algo>/seed<s>/)")
     p.set_defaults(func=cmd_bench_report)
+    p = bench_sub.add_parser("compute", help="update time/memory against K (SWFP block vs bptt); inference vs blocks")
+    p.add_argument("--task", default="Hopper-v5", help="network sizes of this task")
+    p.add_argument("--euler-steps", type=_positive(int), nargs="+", default=[4, 8, 16, 32, 64])
+    p.add_argument("--block-counts", type=_nonnegative_int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32])
+    p.add_argument("--repeats", type=_positive(int), default=20, help="timed calls per figure (median)")
+    p.add_argument("--threads", type=_positive(int), default=1, help="torch threads (grid trials use 1)")
+    p.add_argument("--out", default="benchmarks/results/compute")
+    p.set_defaults(func=cmd_bench_compute)
+    p = bench_sub.add_parser("loop", help="wall time per env step of a fine-tuning run by phase, against the floor")
+    p.add_argument("run", help="pre-trained run directory (from swfp pretrain)")
+    p.add_argument("--algo", default="swfp", help="an off-policy method (swfp, bptt, dsrl, fql, dipo, sac, rlpd)")
+    p.add_argument("--env-steps", type=_positive(int), default=20_000, help="env steps run and timed")
+    p.add_argument("--budget", type=_positive(int), default=200_000,
+                   help="the run's schedules (evaluations, checkpoints, SWFP blocks) are those of this budget")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyper-parameter of the method; repeatable")
+    p.add_argument("--repeats", type=_positive(int), default=50, help="timed calls per floor figure (median)")
+    p.add_argument("--threads", type=_positive(int), default=1, help="torch threads (grid trials use 1)")
+    p.add_argument("--out", default="benchmarks/results/loop")
+    p.set_defaults(func=cmd_bench_loop)
+    p = bench_sub.add_parser("readme", help="regenerate README.md's results block from benchmarks/results")
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--readme", default="README.md")
+    p.set_defaults(func=cmd_bench_readme)
     p = bench_sub.add_parser("critic", help="cost of the critic update with and without the exact entropy term")
     p.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "Ant-v5"])
     p.add_argument("--repeats", type=_positive(int), default=30)

@@ -2,7 +2,8 @@
 
 Layout under the grid's directory ``OUT``::
 
-    OUT/grid.json                         the grid as requested, the command, commit and machine
+    OUT/grid.json                         the grid as requested, the command, commit and machine (and
+                                          every earlier driver invocation, oldest first)
     OUT/data/<task>-medium.npz            demonstrations from the shipped expert (demo seed 0), unless given
     OUT/pretrain/<task>/seed<s>/          the BC flow every method of (task, seed) starts from
     OUT/runs/<task>/<algo>/seed<s>/       one ``swfp finetune`` run directory per trial
@@ -22,10 +23,12 @@ task and seed), then the trials.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,8 +160,14 @@ def run_grid(config: GridConfig, out: Path, executor: str = "local", workers: in
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     out = Path(out)
     workers = workers or os.cpu_count() or 1
+    earlier = []
+    if (out / "grid.json").is_file():  # a grid continued by another driver keeps every earlier invocation
+        previous = json.loads((out / "grid.json").read_text())
+        earlier = previous.pop("earlier_invocations", []) + [previous]
     atomic_write_json(out / "grid.json", {**asdict(config), "command": sys.argv, "git_commit": git_commit(),
-                                          "machine": machine_description(), "executor": executor})
+                                          "machine": machine_description(), "executor": executor,
+                                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                          "earlier_invocations": earlier})
     for task in config.tasks:
         data = out / "data" / f"{task.lower()}-medium.npz"
         if task not in config.datasets and not data.is_file():

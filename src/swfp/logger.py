@@ -11,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from swfp.runio import atomic_write_text
+from swfp.runio import atomic_write, atomic_write_text
 
 
 class MetricLogger:
@@ -89,13 +89,17 @@ def plot_learning_curve(run_dir: Path, panels: list[tuple[str, str]], title: str
         ax.set_ylabel(f"{stream} {key}")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    return save_figure(fig, run_dir / out_name)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    out = run_dir / out_name
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    tmp.replace(out)
-    return out
+    return Path(path)
 
 def make_progress(transient: bool = False):
     """A rich progress bar with rate, elapsed and remaining time, plus a free-text status column.

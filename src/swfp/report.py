@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from swfp.logger import read_csv
-from swfp.runio import atomic_write, atomic_write_text
+from swfp.logger import read_csv, save_figure
+from swfp.runio import atomic_write_text
 
 REFERENCE = "swfp"
 EARLY_FRACTION = 0.25
@@ -130,8 +130,7 @@ def plot(trials, rows: list[dict], results: Path) -> None:
     series = curves(trials)
 
     def save(fig, name):
-        atomic_write(results / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
+        save_figure(fig, results / name)
 
     for name, statistic in (("learning_curves.png", "mean"), ("sample_efficiency.png", "iqm")):
         fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)

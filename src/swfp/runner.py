@@ -106,6 +106,25 @@ class RunConfig:
                             "checkpoint_every": self.checkpoint_every or max(self.total_env_steps // 10, 1)})
 
 
+PHASES = ("collect", "train", "eval", "log", "checkpoint")
+
+
+class PhaseClock:
+    """Wall time per phase of the loop: ``switch(phase)`` charges the time since the last switch to the
+    phase that was running, so every second of the loop lands in exactly one phase."""
+
+    def __init__(self, phases: tuple[str, ...]):
+        self.seconds = {phase: 0.0 for phase in phases}
+        self.current: str | None = None
+        self.since = time.perf_counter()
+
+    def switch(self, phase: str | None) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.seconds[self.current] += now - self.since
+        self.current, self.since = phase, now
+
+
 def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
@@ -193,36 +212,37 @@ def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, ru
         if warmup_metrics:
             logger.log("train", 0, warmup_metrics)
         logger.log("eval", 0, {**evaluate_policy(learner.policy(), config), **learner.status()})
-    timings = {"collect": 0.0, "train": 0.0, "eval": 0.0}
+    clock = PhaseClock(PHASES)
     start, start_step = time.time(), env_step
     with make_progress() as progress:
         bar = progress.add_task(f"{learner.name} {config.task}", total=config.total_env_steps,
                                 completed=env_step, status="")
         while env_step < config.total_env_steps:
-            t0 = time.perf_counter()
+            clock.switch("collect")
             actions = learner.act(obs)
             next_obs, reward, terminated, truncated, real_next, _ = step_vector_env(venv, actions)
             learner.observe(obs, actions, reward, real_next, terminated, truncated)
             obs = next_obs
             before, env_step = env_step, env_step + config.num_envs
-            t1 = time.perf_counter()
+            clock.switch("train")
             metrics = learner.train(env_step)
-            t2 = time.perf_counter()
-            timings["collect"] += t1 - t0
-            timings["train"] += t2 - t1
+            clock.switch("log")
             if metrics and _crossed(before, env_step, config.log_every):
                 logger.log("train", env_step, metrics)
             if _crossed(before, env_step, config.eval_every) or env_step >= config.total_env_steps:
-                t3 = time.perf_counter()
+                clock.switch("eval")
                 evaluation = {**evaluate_policy(learner.policy(), config), **learner.status()}
-                timings["eval"] += time.perf_counter() - t3
+                clock.switch("log")
                 logger.log("eval", env_step, evaluation)
                 progress.update(bar, status=" ".join(f"{k} {v:.3g}" for k, v in evaluation.items()
                                                      if k in ("return_mean", "det_return_mean", "blocks",
                                                               "w2_upper", "trust_bound")))
             if _crossed(before, env_step, config.checkpoint_every):
+                clock.switch("checkpoint")
                 save_checkpoint(out, learner, env_step)
+                clock.switch("log")
             progress.update(bar, completed=env_step)
+        clock.switch(None)
     venv.close()
     logger.close()
     learner.policy().save(out)
@@ -234,7 +254,7 @@ def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, ru
                "det_return_before": history[0]["det_return_mean"], "det_return_after": final["det_return_mean"],
                "largest_dip_below_start": max(0.0, before_return - min(r["return_mean"] for r in history)),
                "wall_seconds_this_session": round(time.time() - start, 1),
-               "seconds_per_env_step": {k: v / max(env_step - start_step, 1) for k, v in timings.items()},
+               "seconds_per_env_step": {k: v / max(env_step - start_step, 1) for k, v in clock.seconds.items()},
                "status": learner.status()}
     atomic_write_json(out / "summary.json", summary)
     plot_learning_curve(out, [("eval", "return_mean"), ("eval", "det_return_mean")],

@@ -208,9 +208,10 @@ class OffPolicyLearner(FineTuner):
     # -- shared machinery -------------------------------------------------------------------------
     def td_update(self, batch: Batch, alpha: float | torch.Tensor = 0.0) -> dict[str, float]:
         """One critic step toward ``r + γ(1 − d)(min Q̄(s', a') − α·log π(a'|s'))`` with ``a'`` from the method."""
-        with torch.no_grad():
-            next_actions, next_log_prob = self.target_actions(batch.next_observations)
-        return self.critic.update(batch, next_actions, next_log_prob, alpha)
+        with self.timed("critic"):
+            with torch.no_grad():
+                next_actions, next_log_prob = self.target_actions(batch.next_observations)
+            return self.critic.update(batch, next_actions, next_log_prob, alpha)
 
     def sample_batch(self) -> Batch:
         """A replay batch with observations normalised by the pre-trained run's statistics."""
@@ -231,9 +232,11 @@ class OffPolicyLearner(FineTuner):
         """``critic_warmup_steps`` of :meth:`warmup_update` on the demonstrations (none without them)."""
         metrics: dict[str, float] = {}
         if len(self.replay.offline) > 1:
+            online_critic_seconds = self.seconds.get("critic", 0.0)
             with self.timed("warmup"):
                 for _ in range(self.config.critic_warmup_steps):
                     metrics = self.warmup_update(self.sample_batch())
+            self.seconds["critic"] = online_critic_seconds  # "critic" is the online phase's; this was "warmup"
         return metrics
 
     def train(self, env_step: int) -> dict[str, float]:

@@ -70,14 +70,17 @@ class BPTT(OffPolicyLearner):
         return self.config.bc_weight * bc + self.config.q_weight * q_term, {"bc_loss": bc.item(),
                                                                             "q_loss": q_term.item()}
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        metrics = self.td_update(batch)
-        loss, actor_metrics = self.actor_loss(batch)
+    def actor_update(self, batch: Batch) -> dict[str, float]:
+        """One clipped Adam step of the flow on :meth:`actor_loss` (what ``swfp bench compute`` times against K)."""
+        loss, metrics = self.actor_loss(batch)
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.config.grad_clip)
         self.actor_optimizer.step()
-        return {**metrics, **actor_metrics}
+        return metrics
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        return {**self.td_update(batch), **self.actor_update(batch)}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "flow": self.flow.state_dict(), "actor_optimizer":

@@ -1,0 +1,99 @@
+"""``swfp bench compute`` and ``swfp bench loop`` at toy sizes: what they write and the figures that do
+not depend on timing (memory, the inference rows' chain lengths, the phase split's bookkeeping)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from swfp.cli import main
+from swfp.compute import ComputeConfig, LoopConfig, bench_compute, bench_loop
+from swfp.logger import read_csv
+
+BANDIT = "swfp/QuadraticBandit-v0"
+
+
+def test_bench_compute_bptt_memory_grows_with_k_and_the_block_step_does_not(tmp_path):
+    config = ComputeConfig(task=BANDIT, euler_steps=(2, 16), block_counts=(0, 3, 9), inference_batches=(1, 4),
+                           max_blocks=4, batch_size=64, repeats=2, warmup=1)
+    result = bench_compute(config, tmp_path)
+    small, large = result["updates"]
+    assert [small["euler_steps"], large["euler_steps"]] == [2, 16]
+    # bptt keeps every Euler step's activations for its backward pass; a block's graph is its own.
+    assert large["bptt_memory_mb"] > 1.5 * small["bptt_memory_mb"]  # 8× the Euler steps (plus the critic's share)
+    assert large["swfp_block_memory_mb"] == pytest.approx(small["swfp_block_memory_mb"])
+    assert large["bptt_over_swfp_memory"] > small["bptt_over_swfp_memory"]
+    rows = result["inference"]
+    assert [r["blocks"] for r in rows] == [0, 3, 9]
+    assert all(r[f"{label}_batch{b}_ms"] > 0 for r in rows for label in ("no_compaction", "compaction") for b in (1, 4))
+    assert rows[0]["no_compaction_batch1_over_0_blocks"] == 1.0
+    for name in ("compute_updates.csv", "compute_inference.csv", "compute.md", "compute_updates.png",
+                 "compute_inference.png", "config.json"):
+        assert (tmp_path / name).is_file(), name
+    assert len(read_csv(tmp_path / "compute_updates.csv")) == 2
+    assert "| 16 |" in (tmp_path / "compute.md").read_text()
+
+
+def test_bench_compute_rejects_bad_settings():
+    with pytest.raises(ValueError, match="euler_steps"):
+        ComputeConfig(euler_steps=(0, 4))
+    with pytest.raises(Exception, match="Nope-v0"):
+        ComputeConfig(task="Nope-v0")
+
+
+def test_bench_loop_splits_a_real_run_and_measures_the_floor(tmp_path, bandit_bc):
+    settings = {"block_grad_steps": "20", "pool_size": "512", "heldout_states": "128", "critic_warmup_steps": "20",
+                "compaction_steps": "20", "batch_size": "64"}
+    config = LoopConfig(pretrained=str(bandit_bc / "bc"), algo="swfp", env_steps=300, budget=600, repeats=3,
+                        settings=settings)
+    rows = {r["phase"]: r for r in bench_loop(config, tmp_path)}
+    assert set(rows) == {"collect", "critic", "actor", "eval", "log", "other", "total"}
+    assert rows["total"]["in_loop_ms"] == pytest.approx(sum(r["in_loop_ms"] for p, r in rows.items() if p != "total"))
+    for phase in ("collect", "critic", "actor"):
+        assert rows[phase]["in_loop_ms"] > 0 and rows[phase]["alone_ms"] > 0, phase
+    assert math.isnan(rows["eval"]["alone_ms"])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # The schedule is the budget's: blocks every 600 / 20 = 30 env steps, evaluations every 30.
+    assert summary["status"]["blocks_accepted"] + summary["status"]["blocks_rejected"] == 300 // 30
+    assert len(read_csv(tmp_path / "run" / "eval.csv")) == 300 // 30 + 1
+    # Every second of the loop lands in one phase: the runner's phases add up to its wall time.
+    per_step = summary["seconds_per_env_step"]
+    assert set(per_step) == {"collect", "train", "eval", "log", "checkpoint"}
+    assert sum(per_step.values()) * 300 <= summary["wall_seconds_this_session"] + 0.5
+    assert (tmp_path / "loop.png").is_file() and "measured alone" in (tmp_path / "loop.md").read_text()
+
+
+def test_bench_loop_refuses_on_policy_methods_and_short_budgets(bandit_bc):
+    with pytest.raises(ValueError, match="off-policy"):
+        LoopConfig(pretrained=str(bandit_bc / "bc"), algo="reinflow")
+    with pytest.raises(ValueError, match="budget"):
+        LoopConfig(pretrained=str(bandit_bc / "bc"), env_steps=1000, budget=500)
+    assert main(["bench", "loop", str(bandit_bc / "bc"), "--algo", "bc"]) == 2
+
+
+def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
+    from swfp.readme import BEGIN, END, update_readme
+
+    results = tmp_path / "benchmarks" / "results"
+    bench_compute(ComputeConfig(task=BANDIT, euler_steps=(2,), block_counts=(0,), inference_batches=(1,),
+                                batch_size=16, repeats=1, warmup=0), results / "compute")
+    (results / "sweep").mkdir()
+    (results / "sweep" / "README.md").write_text("# A curated sweep\n\nTau 0.03 won.\nOne seed.\n\nDetails.\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\nintro\n\n{BEGIN}\nstale figures\n{END}\n\n## After\n")
+    update_readme(readme, results)
+    text = readme.read_text()
+    assert "stale figures" not in text and text.startswith("# Project\n\nintro") and text.endswith("## After\n")
+    table = (results / "compute" / "compute.md").read_text().strip()
+    assert table in text  # the measured table itself, not a paraphrase
+    assert "(commit `" in text and "swfp " in text  # the command and commit that made it
+    assert "![compute_updates](benchmarks/results/compute/compute_updates.png)" in text
+    assert "**A curated sweep** ([benchmarks/results/sweep/](benchmarks/results/sweep/README.md)). Tau 0.03 won. " \
+           "One seed." in text
+    update_readme(readme, results)
+    assert readme.read_text() == text  # idempotent
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="results block"):
+        update_readme(readme, results)
