@@ -80,7 +80,8 @@ def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
     bench_compute(ComputeConfig(task=BANDIT, euler_steps=(2,), block_counts=(0,), inference_batches=(1,),
                                 batch_size=16, repeats=1, warmup=0), results / "compute")
     (results / "sweep").mkdir()
-    (results / "sweep" / "README.md").write_text("# A curated sweep\n\nTau 0.03 won.\nOne seed.\n\nDetails.\n")
+    (results / "sweep" / "README.md").write_text("# A curated sweep\n\nTau 0.03 won.\n\n## Curves\n\n"
+                                                 "![curve](run/curve.png) and [paper](https://arxiv.org)\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# Project\n\nintro\n\n{BEGIN}\nstale figures\n{END}\n\n## After\n")
     update_readme(readme, results)
@@ -90,8 +91,8 @@ def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
     assert table in text  # the measured table itself, not a paraphrase
     assert "(commit `" in text and "swfp " in text  # the command and commit that made it
     assert "![compute_updates](benchmarks/results/compute/compute_updates.png)" in text
-    assert "**A curated sweep** ([benchmarks/results/sweep/](benchmarks/results/sweep/README.md)). Tau 0.03 won. " \
-           "One seed." in text
+    assert "### A curated sweep\n" in text and "Tau 0.03 won." in text and "\n#### Curves\n" in text
+    assert "![curve](benchmarks/results/sweep/run/curve.png) and [paper](https://arxiv.org)" in text
     update_readme(readme, results)
     assert readme.read_text() == text  # idempotent
     readme.write_text("# no markers\n")

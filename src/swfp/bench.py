@@ -80,6 +80,8 @@ def bench_bc(tasks: list[str], seeds: list[int], steps: int, episodes: int, out:
     from swfp.pretrain import PretrainConfig, pretrain
 
     out = Path(out)
+    write_run_metadata(out, {"tasks": tasks, "seeds": seeds, "steps": steps, "episodes": episodes}, seed=0,
+                       kind="bench-bc")
     for task in tasks:
         data = out / "data" / f"{task.lower()}-medium.npz"
         if not data.is_file():

@@ -173,33 +173,46 @@ def langevin_fm_loss(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor, 
 LOSSES = {"jko": jko_loss, "langevin_fm": langevin_fm_loss}
 
 
+def block_trainer(block: JKOBlock, obs_pool: torch.Tensor, action_pool: torch.Tensor, q_fn: QFunction,
+                  config: BlockConfig, generator: torch.Generator | None = None) -> Callable[[], float]:
+    """A function doing one Adam step of ``config.objective`` on a minibatch of the pool; returns its loss.
+
+    Gradients go to the block's parameters only (``torch.autograd.grad``), so a critic behind
+    ``q_fn`` keeps its ``.grad``. ``swfp bench compute`` times exactly this step.
+    """
+    loss_fn = LOSSES[config.objective]
+    params = list(block.requires_grad_(True).train().parameters())
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+
+    def step() -> float:
+        idx = torch.randint(len(action_pool), (config.batch_size,), generator=generator, device=action_pool.device)
+        loss = loss_fn(block, obs_pool[idx], action_pool[idx], q_fn, config.alpha, generator)
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g
+        optimizer.step()
+        return loss.item()
+    return step
+
+
 def train_block(block: JKOBlock, obs_pool: torch.Tensor, action_pool: torch.Tensor, q_fn: QFunction,
                 config: BlockConfig, generator: torch.Generator | None = None) -> dict[str, float]:
     """Fit ``block`` with ``config.objective`` for J Adam steps on minibatches of a fixed pool.
 
     ``(obs_pool, action_pool)`` are ``(s, a ~ π_n)`` pairs drawn once (no graph) from the current
-    cascade, so a step never touches the earlier chain: its cost is that of the block alone.
-    Gradients go to the block's parameters only (``torch.autograd.grad``), so a critic behind
-    ``q_fn`` keeps its ``.grad``. τ is the block's own (``block.tau``). Returns the first step's
+    cascade, so a step (:func:`block_trainer`) never touches the earlier chain: its cost is that of
+    the block alone. τ is the block's own (``block.tau``). Returns the first step's
     loss (the identity's, for ``"jko"``), the mean loss over the last 10% of steps, and the median
     wall-clock time per gradient step.
     """
     if action_pool.requires_grad:
         raise ValueError("the action pool carries a graph: draw it under torch.no_grad(), or every step "
                          "would back-propagate through the earlier chain")
-    loss_fn = LOSSES[config.objective]
-    params = list(block.requires_grad_(True).train().parameters())
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    step = block_trainer(block, obs_pool, action_pool, q_fn, config, generator)
     losses, step_times = [], []
     for _ in range(config.grad_steps):
         start = time.perf_counter()
-        idx = torch.randint(len(action_pool), (config.batch_size,), generator=generator, device=action_pool.device)
-        loss = loss_fn(block, obs_pool[idx], action_pool[idx], q_fn, config.alpha, generator)
-        for p, g in zip(params, torch.autograd.grad(loss, params)):
-            p.grad = g
-        optimizer.step()
+        losses.append(step())
         step_times.append(time.perf_counter() - start)
-        losses.append(loss.item())
     tail = losses[-max(1, len(losses) // 10):]
     return {"loss_first": losses[0], "loss_last": sum(tail) / len(tail), "step_time_s": statistics.median(step_times)}
 

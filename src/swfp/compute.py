@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from swfp.blocks import BlockConfig, JKOBlock, jko_loss, train_block
+from swfp.blocks import BlockConfig, JKOBlock, block_trainer, jko_loss
 from swfp.cascade import Cascade, draw_pool
 from swfp.critic import Critic, CriticConfig
 from swfp.envs import env_dims, task_spec
@@ -71,14 +71,23 @@ def training_state_bytes(module: torch.nn.Module) -> int:
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
     """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    return interleaved_medians({"fn": fn}, repeats, warmup)["fn"]
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median wall time (ms) of each function, timed round-robin (one call of each per round) after
+    ``warmup`` rounds, so a change of load on the machine during the measurement hits all alike and
+    the ratios between them stay fair."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
 def machine_line(threads: int) -> str:
@@ -124,28 +133,27 @@ def _random_policy(cascade: Cascade, task: str) -> Policy:
     return Policy(cascade, task, np.zeros(obs_dim), np.ones(obs_dim), -np.ones(act_dim), np.ones(act_dim))
 
 
-def block_update_cost(config: ComputeConfig, num_steps: int) -> dict[str, float]:
-    """One SWFP block gradient step (equation (1), Jacobian log-det included) on a cascade whose base
-    has ``num_steps`` Euler steps and ``earlier_blocks`` blocks; plus the once-per-block pool draw."""
+def block_update(config: ComputeConfig, num_steps: int) -> tuple[Callable[[], object], Callable[[], object], float]:
+    """SWFP on a cascade whose base has ``num_steps`` Euler steps and ``earlier_blocks`` blocks: one block
+    gradient step (equation (1), Jacobian log-det included; :func:`~swfp.blocks.block_trainer`), the
+    once-per-block pool draw, and the step's memory in bytes."""
     obs_dim, act_dim = env_dims(config.task)
-    block_config = BlockConfig(grad_steps=config.repeats + config.warmup, batch_size=config.batch_size,
-                               pool_size=4 * config.batch_size)
+    block_config = BlockConfig(batch_size=config.batch_size, pool_size=4 * config.batch_size)
     cascade = Cascade(_flow(obs_dim, act_dim, config.task, num_steps),
                       [JKOBlock(obs_dim, act_dim, block_config) for _ in range(config.earlier_blocks)])
     critic = Critic(obs_dim, act_dim, CriticConfig())
     states = torch.randn(block_config.pool_size, obs_dim)
-    pool_ms = median_ms(lambda: draw_pool(cascade, states), max(config.repeats // 4, 3), 1)
     obs, actions = draw_pool(cascade, states)
     block = JKOBlock(obs_dim, act_dim, block_config)
-    step_s = train_block(block, obs, actions, critic.value, block_config)["step_time_s"]
+    step = block_trainer(block, obs, actions, critic.value, block_config)
     batch = slice(0, config.batch_size)
     memory = saved_graph_bytes(jko_loss(block, obs[batch], actions[batch], critic.value, block_config.alpha))
-    return {"swfp_block_step_ms": 1000 * step_s, "swfp_pool_draw_ms": pool_ms,
-            "swfp_block_memory_mb": (memory + training_state_bytes(block)) / 2**20}
+    return step, lambda: draw_pool(cascade, states), memory + training_state_bytes(block)
 
 
-def bptt_update_cost(config: ComputeConfig, num_steps: int) -> dict[str, float]:
-    """One ``bptt`` actor update: −Q back-propagated through all ``num_steps`` Euler steps, plus flow matching."""
+def bptt_update(config: ComputeConfig, num_steps: int) -> tuple[Callable[[], object], float]:
+    """One ``bptt`` actor update (−Q back-propagated through all ``num_steps`` Euler steps, plus flow
+    matching) on random replay data, and its memory in bytes."""
     from swfp.algorithms.bptt import BPTT, BPTTConfig
 
     obs_dim, act_dim = env_dims(config.task)
@@ -155,16 +163,23 @@ def bptt_update_cost(config: ComputeConfig, num_steps: int) -> dict[str, float]:
     n = 4 * config.batch_size
     learner.observe(rng.normal(size=(n, obs_dim)), rng.uniform(-1, 1, (n, act_dim)), rng.normal(size=n),
                     rng.normal(size=(n, obs_dim)), np.zeros(n))
-    ms = median_ms(lambda: learner.actor_update(learner.sample_batch()), config.repeats, config.warmup)
     memory = saved_graph_bytes(learner.actor_loss(learner.sample_batch())[0])
-    return {"bptt_actor_update_ms": ms, "bptt_memory_mb": (memory + training_state_bytes(learner.flow)) / 2**20}
+    return lambda: learner.actor_update(learner.sample_batch()), memory + training_state_bytes(learner.flow)
 
 
 def update_costs(config: ComputeConfig) -> list[dict]:
-    """Rows per K: SWFP's block step and bptt's actor update, time and memory, and their ratio."""
+    """Rows per K: SWFP's block step and bptt's actor update, time (interleaved) and memory, and their ratios."""
+    fns, memory = {}, {}
+    for k in config.euler_steps:
+        fns[f"swfp_block_step_ms/{k}"], fns[f"swfp_pool_draw_ms/{k}"], memory[f"swfp_block_memory_mb/{k}"] = \
+            block_update(config, k)
+        fns[f"bptt_actor_update_ms/{k}"], memory[f"bptt_memory_mb/{k}"] = bptt_update(config, k)
+    figures = {**interleaved_medians(fns, config.repeats, config.warmup),
+               **{name: value / 2**20 for name, value in memory.items()}}
     rows = []
     for k in config.euler_steps:
-        row = {"euler_steps": k, **block_update_cost(config, k), **bptt_update_cost(config, k)}
+        row = {"euler_steps": k, **{name.split("/")[0]: value for name, value in figures.items()
+                                    if name.endswith(f"/{k}")}}
         row["bptt_over_swfp_time"] = row["bptt_actor_update_ms"] / row["swfp_block_step_ms"]
         row["bptt_over_swfp_memory"] = row["bptt_memory_mb"] / row["swfp_block_memory_mb"]
         rows.append(row)
@@ -177,21 +192,22 @@ def inference_latency(config: ComputeConfig) -> list[dict]:
     Without compaction the cascade holds all n blocks; with compaction (at ``max_blocks``) it holds
     ``n mod max_blocks`` of them behind a base flow of the same size (:func:`swfp.cascade.compact`
     replaces base + blocks by one flow of the base's architecture, so its cost is that of this cascade).
+    Every setting is timed in the same round-robin.
     """
     obs_dim, act_dim = env_dims(config.task)
     base = _flow(obs_dim, act_dim, config.task, FlowConfig().num_steps)
     blocks = [JKOBlock(obs_dim, act_dim, BlockConfig()) for _ in range(max(config.block_counts))]
     rng = np.random.default_rng(config.seed)
-    rows = []
+    observations = {b: rng.normal(size=(b, obs_dim)).astype(np.float32) for b in config.inference_batches}
+    fns = {}
     for n in config.block_counts:
-        row = {"blocks": n}
         for label, kept in (("no_compaction", n), ("compaction", n % config.max_blocks)):
             policy = _random_policy(Cascade(base, blocks[:kept]), config.task)
-            for batch in config.inference_batches:
-                obs = rng.normal(size=(batch, obs_dim)).astype(np.float32)
-                row[f"{label}_batch{batch}_ms"] = median_ms(lambda: policy.normalized_actions(obs), config.repeats,
-                                                            config.warmup)
-        rows.append(row)
+            for batch, obs in observations.items():
+                fns[f"{label}_batch{batch}_ms/{n}"] = lambda policy=policy, obs=obs: policy.normalized_actions(obs)
+    medians = interleaved_medians(fns, config.repeats, config.warmup)
+    rows = [{"blocks": n, **{name.split("/")[0]: value for name, value in medians.items() if name.endswith(f"/{n}")}}
+            for n in config.block_counts]
     for row in rows:
         for batch in config.inference_batches:
             row[f"no_compaction_batch{batch}_over_0_blocks"] = (row[f"no_compaction_batch{batch}_ms"]
@@ -312,13 +328,14 @@ class LoopConfig:
 
 def loop_split(summary: dict) -> dict[str, float]:
     """Seconds per env step by phase from a run's summary: the runner's collection, evaluation and logging
-    (logging + checkpoints), and the learner's critic and actor time (its updates minus the critic's,
-    plus SWFP's blocks)."""
+    (logging + checkpoints), and the learner's critic and actor time (its updates minus the critic's
+    and the replay sampling, plus SWFP's blocks); "other" is the rest of the learner's ``train``."""
     per_step = summary["seconds_per_env_step"]
     steps = summary["env_steps"]
     status = summary["status"]
     critic = status.get("critic_seconds", 0.0) / steps
-    actor = (status.get("update_seconds", 0.0) + status.get("block_seconds", 0.0)) / steps - critic
+    actor = (status.get("update_seconds", 0.0) - status.get("replay_seconds", 0.0)
+             + status.get("block_seconds", 0.0)) / steps - critic
     return {"collect": per_step["collect"], "critic": critic, "actor": actor, "eval": per_step["eval"],
             "log": per_step["log"] + per_step["checkpoint"],
             "other": per_step["train"] - critic - actor}
@@ -343,15 +360,16 @@ def loop_floor(learner, summary: dict, config: LoopConfig) -> dict[str, float]:
     collect = median_ms(env_step, config.repeats, 5) + median_ms(lambda: learner.act(obs), config.repeats, 5)
     env.close()
     utd = getattr(learner.config, "utd_ratio", 1)
-    critic = utd * median_ms(lambda: learner.td_update(learner.sample_batch()), config.repeats, 5)
+    batch = learner.sample_batch()  # replay sampling is "other", in the loop as here
+    critic = utd * median_ms(lambda: learner.td_update(batch), config.repeats, 5)
     if learner.name == "swfp":
         start = time.perf_counter()
         learner.improve()
         actor = 1000 * (time.perf_counter() - start) / learner.block_every
     elif hasattr(learner, "actor_update"):
-        actor = utd * median_ms(lambda: learner.actor_update(learner.sample_batch()), config.repeats, 5)
+        actor = utd * median_ms(lambda: learner.actor_update(batch), config.repeats, 5)
     else:
-        actor = utd * median_ms(lambda: learner.update(learner.sample_batch()), config.repeats, 5) - critic
+        actor = utd * median_ms(lambda: learner.update(batch), config.repeats, 5) - critic
     return {"collect": collect / 1000, "critic": critic / 1000, "actor": actor / 1000}
 
 
@@ -394,7 +412,7 @@ def bench_loop(config: LoopConfig, out: Path) -> list[dict]:
     lines += ["", "collect: one env step and one batch-1 action; critic: utd_ratio TD updates (target actions from "
               "the policy included); actor: the method's policy update (SWFP: block training and measurement, and "
               "compaction, amortised over the env steps between blocks); log: CSV/TensorBoard and checkpoints; "
-              "other: the rest of the learner's train() (replay sampling outside updates, bookkeeping).",
+              "other: the rest of the learner's train() (replay sampling and bookkeeping).",
               "", f"Once, before the loop: the critic's warm-up on the demonstrations, "
               f"{summary['status'].get('warmup_seconds', 0.0):.0f} s."]
     atomic_write_text(out / "loop.md", "\n".join(lines) + "\n")

@@ -8,7 +8,7 @@ alphabetically:
   ``swfp bench report`` (``grid.json``): the command, the commit and date it ran at, each Markdown
   table it wrote and each plot;
 * a hand-curated experiment (a ``README.md`` of its own, whose runs carry their own ``meta.json``):
-  its title and first paragraph, with a link to the rest.
+  that README, its headings moved under "Results" and its links rebased.
 
 The block sits between :data:`BEGIN` and :data:`END` in README.md; the text around it is untouched.
 """
@@ -16,6 +16,7 @@ The block sits between :data:`BEGIN` and :data:`END` in README.md; the text arou
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from swfp.runio import atomic_write_text
@@ -44,17 +45,15 @@ def _provenance(directory: Path) -> str | None:
     return None
 
 
-def _first_paragraph(readme: Path) -> tuple[str, str]:
-    """The title line and first paragraph of a curated experiment's README."""
-    lines = readme.read_text().splitlines()
+def curated(readme: Path, rel: str) -> str:
+    """A hand-curated experiment's README, as a subsection: its title one level below "Results", its other
+    headings two levels down, and its relative links rebased onto the result directory."""
+    lines = readme.read_text().strip().splitlines()
     title = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else readme.parent.name
-    paragraph: list[str] = []
-    for line in lines[1:]:
-        if line.strip():
-            paragraph.append(line.strip())
-        elif paragraph:
-            break
-    return title, " ".join(paragraph)
+    body = "\n".join(("##" + line) if line.startswith("#") else line for line in lines[1:])
+    body = re.sub(r"\]\((?!https?:|/|#)([^)]+)\)", lambda m: f"]({rel}/{m.group(1)})", body)
+    return f"### {title}\n\nCurated by hand in [{rel}/README.md]({rel}/README.md); its runs carry their own " \
+           f"`config.json` and `meta.json`.\n\n{body.strip()}"
 
 
 def section(directory: Path, link_root: Path) -> str | None:
@@ -62,8 +61,7 @@ def section(directory: Path, link_root: Path) -> str | None:
     rel = directory.relative_to(link_root).as_posix()
     provenance = _provenance(directory)
     if provenance is None and (directory / "README.md").is_file():
-        title, paragraph = _first_paragraph(directory / "README.md")
-        return f"**{title}** ([{rel}/]({rel}/README.md)). {paragraph}"
+        return curated(directory / "README.md", rel)
     tables = sorted(p for p in directory.glob("*.md") if p.name != "README.md")
     if provenance is None or not tables:
         return None

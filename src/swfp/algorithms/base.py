@@ -248,7 +248,9 @@ class OffPolicyLearner(FineTuner):
         if env_step > cfg.learning_starts:
             with self.timed("update"):
                 for _ in range(cfg.utd_ratio * new_steps):
-                    metrics = self.update(self.sample_batch())
+                    with self.timed("replay"):
+                        batch = self.sample_batch()
+                    metrics = self.update(batch)
         metrics.update(self.after_updates(previous, env_step))
         return metrics
 
