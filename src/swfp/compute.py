@@ -74,18 +74,22 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
     return interleaved_medians({"fn": fn}, repeats, warmup)["fn"]
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median wall time (ms) of each function, timed round-robin (one call of each per round) after
-    ``warmup`` rounds, so a change of load on the machine during the measurement hits all alike and
-    the ratios between them stay fair."""
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                        seed: int = 0) -> dict[str, float]:
+    """Median wall time (ms) of each function, timed in rounds (one call of each per round, in a fresh
+    random order every round) after ``warmup`` rounds, so a change of load on the machine during the
+    measurement, and whatever the previous call left in the caches, hits all alike and the ratios
+    between them stay fair."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    rng = np.random.default_rng(seed)
+    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name in rng.permutation(names):
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
