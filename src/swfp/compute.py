@@ -95,7 +95,10 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
 
 
 def machine_line(threads: int) -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}"
+    """The machine and how busy it was: timings on a shared machine are only comparable within a run."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}, "
+            f"load average {load:.1f} when written")
 
 
 @dataclass
