@@ -369,7 +369,7 @@ def loop_floor(learner, summary: dict, config: LoopConfig) -> dict[str, float]:
     utd = getattr(learner.config, "utd_ratio", 1)
     batch = learner.sample_batch()  # replay sampling is "other", in the loop as here
     critic = utd * median_ms(lambda: learner.td_update(batch), config.repeats, 5)
-    if learner.name == "swfp":
+    if hasattr(learner, "improve"):  # SWFP: one block (train, measure, maybe compact) per block_every steps
         start = time.perf_counter()
         learner.improve()
         actor = 1000 * (time.perf_counter() - start) / learner.block_every
