@@ -374,6 +374,13 @@ def cmd_bench_report(args) -> int:
     return 0
 
 
+def _timing_arguments(p: argparse.ArgumentParser, repeats: int, out: str) -> None:
+    """``--repeats``, ``--threads`` and ``--out`` of the timing benchmarks (compute, loop)."""
+    p.add_argument("--repeats", type=_positive(int), default=repeats, help="timed calls per figure (median)")
+    p.add_argument("--threads", type=_positive(int), default=1, help="torch threads (grid trials use 1)")
+    p.add_argument("--out", default=out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swfp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -514,9 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="Hopper-v5", help="network sizes of this task")
     p.add_argument("--euler-steps", type=_positive(int), nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--block-counts", type=_nonnegative_int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32])
-    p.add_argument("--repeats", type=_positive(int), default=20, help="timed calls per figure (median)")
-    p.add_argument("--threads", type=_positive(int), default=1, help="torch threads (grid trials use 1)")
-    p.add_argument("--out", default="benchmarks/results/compute")
+    _timing_arguments(p, repeats=20, out="benchmarks/results/compute")
     p.set_defaults(func=cmd_bench_compute)
     p = bench_sub.add_parser("loop", help="wall time per env step of a fine-tuning run by phase, against the floor")
     p.add_argument("run", help="pre-trained run directory (from swfp pretrain)")
@@ -526,9 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run's schedules (evaluations, checkpoints, SWFP blocks) are those of this budget")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyper-parameter of the method; repeatable")
-    p.add_argument("--repeats", type=_positive(int), default=50, help="timed calls per floor figure (median)")
-    p.add_argument("--threads", type=_positive(int), default=1, help="torch threads (grid trials use 1)")
-    p.add_argument("--out", default="benchmarks/results/loop")
+    _timing_arguments(p, repeats=50, out="benchmarks/results/loop")
     p.set_defaults(func=cmd_bench_loop)
     p = bench_sub.add_parser("readme", help="regenerate README.md's results block from benchmarks/results")
     p.add_argument("--results", default="benchmarks/results")

@@ -19,6 +19,7 @@ Timings are medians over ``repeats`` calls after ``warmup`` calls, with ``thread
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -92,6 +93,17 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
             fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run the block with ``threads`` torch threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def machine_line(threads: int) -> str:
@@ -227,12 +239,8 @@ def bench_compute(config: ComputeConfig, out: Path) -> dict[str, list[dict]]:
     from swfp.bench import write_rows_csv
 
     torch.manual_seed(config.seed)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         updates, inference = update_costs(config), inference_latency(config)
-    finally:
-        torch.set_num_threads(previous_threads)
     out = Path(out)
     write_run_metadata(out, asdict(config), config.seed, kind="bench-compute")
     write_rows_csv(out / "compute_updates.csv", updates)
@@ -386,9 +394,7 @@ def bench_loop(config: LoopConfig, out: Path) -> list[dict]:
     from swfp.bench import write_rows_csv
 
     out = Path(out)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         learner = get_algorithm(config.algo).from_pretrained(config.pretrained,
                                                              config=make_config(config.algo, config.settings),
                                                              total_env_steps=config.budget)
@@ -400,8 +406,6 @@ def bench_loop(config: LoopConfig, out: Path) -> list[dict]:
         summary = run(learner, run_config, out / "run", run_config={"algorithm": config.algo, "run": run_config,
                                                                     "config": learner.config, "budget": config.budget})
         in_loop, floor = loop_split(summary), loop_floor(learner, summary, config)
-    finally:
-        torch.set_num_threads(previous_threads)
     rows = [{"phase": phase, "in_loop_ms": 1000 * in_loop[phase],
              "alone_ms": 1000 * floor[phase] if phase in floor else float("nan")} for phase in (*PHASES, "other")]
     total = sum(r["in_loop_ms"] for r in rows)
