@@ -24,6 +24,27 @@ def test_ring_overwrites_oldest_and_roundtrips():
         ReplayBuffer(2, 1, capacity=2).load_state_dict(buf.state_dict())
 
 
+@pytest.mark.parametrize("num_envs, capacity", [(1, 1000), (3, 1000), (1, 250), (3, 250)])
+def test_checkpoint_stores_each_state_once_and_restores_exactly(num_envs, capacity):
+    """Episodes of random length on ``num_envs`` parallel envs, with and without the ring wrapping:
+    the round trip is exact, and ``s'`` is stored only at episode ends and the ring's seam."""
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(4, 2, capacity)
+    obs = rng.normal(size=(num_envs, 4))
+    for _ in range(400 // num_envs):
+        next_obs = rng.normal(size=(num_envs, 4))
+        done = rng.random(num_envs) < 0.05
+        buf.add(obs, rng.normal(size=(num_envs, 2)), rng.normal(size=num_envs), next_obs, done)
+        obs = np.where(done[:, None], rng.normal(size=(num_envs, 4)), next_obs)  # a reset starts a new episode
+    state = buf.state_dict()
+    copy = ReplayBuffer(4, 2, capacity)
+    copy.load_state_dict(state)
+    for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
+        assert np.array_equal(getattr(copy, key)[:len(buf)], getattr(buf, key)[:len(buf)]), key
+    assert (copy.position, copy.size, copy.stride) == (buf.position, buf.size, buf.stride)
+    assert len(state["next_observations"]) < 0.15 * len(buf)
+
+
 def test_mixture_ratio_and_offline_only_start():
     rng = np.random.default_rng(0)
     offline, online = filled(100, 1.0), ReplayBuffer(2, 1, 100)

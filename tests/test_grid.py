@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from swfp.bandit import misplaced_demonstrations
 from swfp.grid import GridConfig, run_grid, trial_jobs
@@ -70,6 +71,21 @@ def test_restarted_driver_skips_finished_trials_and_resumes_unfinished(demos, tm
     assert "--resume" in log
     grid = json.loads((tmp_path / "grid.json").read_text())  # both driver invocations are on record
     assert grid["algos"] == ["bc", "swfp"] and [g["algos"] for g in grid["earlier_invocations"]] == [["bc"]]
+
+
+def test_time_limit_stops_running_trials_checkpointed_and_resumable(demos, tmp_path):
+    """``stop_after``: a trial still running at the limit gets SIGTERM, checkpoints where it is and is
+    left resumable; the next driver would continue it (the restart test above shows that part)."""
+    config = GridConfig(**{**tiny_grid(demos).__dict__, "algos": ["swfp"], "env_steps": 400_000})
+    rows = run_grid(config, tmp_path, workers=1, stop_after=30)
+    assert [r["state"] for r in rows] == ["resumable (stopped at the time limit)"]
+    run = tmp_path / "runs" / TASK / "swfp" / "seed0"
+    stopped_at = torch.load(run / "checkpoint.pt", weights_only=True)["env_step"]
+    assert 0 < stopped_at < 400_000 and not (run / "summary.json").exists()
+    assert int(read_csv(run / "eval.csv")[-1]["step"]) <= stopped_at
+    assert [j.state for j in trial_jobs(config, tmp_path)] == ["resume"]
+    with pytest.raises(ValueError, match="stop_after"):
+        run_grid(config, tmp_path, stop_after=0)
 
 
 def test_grid_cli_rejects_an_incomplete_or_unknown_grid(tmp_path):

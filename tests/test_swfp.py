@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import torch
 
 import swfp
 from swfp.logger import read_csv
@@ -62,3 +63,31 @@ def test_killed_run_resumes_without_gap_or_duplicate(bandit_bc, tmp_path):
     steps = [int(r["step"]) for r in read_csv(out / "eval.csv")]
     assert steps == list(range(0, 1601, 200))  # every evaluation once, none missing
     assert json.loads((out / "summary.json").read_text())["env_steps"] == 1600
+
+
+def test_stopped_run_checkpoints_where_it_stopped_and_resumes(bandit_bc, tmp_path):
+    """SIGTERM (a cluster's pre-emption, ``bench grid --stop-after``) lets the env step finish,
+    checkpoints that step (not the last periodic one: there is none before the end here) and exits
+    with 143 naming it; the resumed run repeats nothing, and its wall time covers both sessions."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "swfp.cli", "finetune", str(bandit_bc / "bc"), "--env-steps", "3200",
+            "--eval-every", "400", "--checkpoint-every", "3200", "--out", str(out), *FAST]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not (
+            (out / "eval.csv").is_file() and len(read_csv(out / "eval.csv")) >= 2):
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be stopped: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    stopped = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 400 <= stopped["env_step"] < 3200 and f"at env step {stopped['env_step']} of 3200" in stderr
+    assert "--resume" in stderr and not (out / "summary.json").exists()
+    assert int(read_csv(out / "eval.csv")[-1]["step"]) <= stopped["env_step"]
+
+    resumed = subprocess.run(args[:5] + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [int(r["step"]) for r in read_csv(out / "eval.csv")] == list(range(0, 3201, 400))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["wall_seconds"] > sum(stopped["phase_seconds"].values()) > 0

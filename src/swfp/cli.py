@@ -14,6 +14,7 @@ from swfp.data import DatasetError
 from swfp.envs import TaskError
 from swfp.flow import InversionError
 from swfp.runio import CheckpointError
+from swfp.runner import RunStopped
 
 
 def _positive(kind):
@@ -356,7 +357,8 @@ def cmd_bench_grid(args) -> int:
         settings.setdefault(algo, {})[key] = value
     config = GridConfig(**chosen, pretrain_steps=args.pretrain_steps, eval_episodes=args.eval_episodes,
                         num_envs=args.num_envs, datasets=datasets, settings=settings)
-    rows = run_grid(config, Path(args.out), args.executor, args.workers, args.ray_address)
+    rows = run_grid(config, Path(args.out), args.executor, args.workers, args.ray_address,
+                    None if args.stop_after is None else 60 * args.stop_after)
     table = Table(title=f"grid {args.out}: {sum(r['state'] == 'done' for r in rows)} of {len(rows)} trials done")
     for column in ("trial", "state", "run_dir"):
         table.add_column(column)
@@ -512,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--ray-address", default=None, help="a Ray cluster's address (default: a local Ray instance)")
     p.add_argument("--workers", type=_positive(int), default=None, help="trials at once (default: the cores)")
+    p.add_argument("--stop-after", type=_positive(float), default=None, metavar="MINUTES",
+                   help="stop running trials after this long, checkpointed (the same command resumes them)")
     p.add_argument("--out", default="benchmarks/results/grid")
     p.set_defaults(func=cmd_bench_grid)
     p = bench_sub.add_parser("report", help="aggregate a grid: IQM with bootstrap intervals, P(improvement), dips, plots")
@@ -553,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TaskError, CheckpointError, DatasetError, InversionError, ValueError, FileNotFoundError) as exc:
         print(f"swfp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:  # the shell's convention for a process ended by a signal
+        print(f"swfp {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

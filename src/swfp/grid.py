@@ -12,6 +12,10 @@ Layout under the grid's directory ``OUT``::
 A trial is **done** when its ``summary.json`` exists (it is skipped), **resumable** when it has a
 ``checkpoint.pt`` (it continues with ``--resume``), else it starts fresh. So a driver that was
 killed, or a grid spread over several sessions, is restarted with the same command and carries on.
+``stop_after`` bounds a driver's time (a cluster allocation, a working session): at that point every
+running trial gets SIGTERM, checkpoints the env step it is at and exits (see
+:mod:`swfp.runner`), and no further trial starts; nothing done is lost, and the next driver resumes
+them. A trial's checkpoint is the one file to carry to wherever the grid continues.
 Each trial runs as its own ``swfp`` process with one torch thread (``OMP_NUM_THREADS=1``): with N
 workers, N trials share the machine's N cores without over-subscription.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -86,12 +91,17 @@ def _swfp(*args: str) -> list[str]:
     return [sys.executable, "-m", "swfp.cli", *args]
 
 
+def dataset_path(config: GridConfig, out: Path, task: str) -> str:
+    """The task's demonstrations: given, or made by the grid from the shipped expert (:func:`run_grid`)."""
+    return config.datasets.get(task) or str(out / "data" / f"{task.lower()}-medium.npz")
+
+
 def pretrain_jobs(config: GridConfig, out: Path) -> list[Job]:
     jobs = []
     for task in config.tasks:
         for seed in config.seeds:
             run = out / "pretrain" / task / f"seed{seed}"
-            dataset = config.datasets.get(task) or str(out / "data" / f"{task.lower()}-medium.npz")
+            dataset = dataset_path(config, out, task)
             state = "done" if (run / "summary.json").is_file() else "new"
             jobs.append(Job(f"pretrain {task} seed {seed}", _swfp(
                 "pretrain", "--dataset", dataset, "--task", task, "--steps", str(config.pretrain_steps), "--seed",
@@ -105,15 +115,18 @@ def trial_jobs(config: GridConfig, out: Path) -> list[Job]:
         for algo in config.algos:
             for seed in config.seeds:
                 run = out / "runs" / task / algo / f"seed{seed}"
-                pretrained = str(out / "pretrain" / task / f"seed{seed}")
+                # The grid's own demonstrations, not the path in the pre-trained run's config.json: the
+                # BC flows may come from another grid or machine (``pretrain`` may be a link to them).
+                common = [str(out / "pretrain" / task / f"seed{seed}"), "--dataset", dataset_path(config, out, task),
+                          "--out", str(run)]
                 if (run / "summary.json").is_file():
                     state, args = "done", []
                 elif (run / "checkpoint.pt").is_file():
-                    state, args = "resume", ["finetune", pretrained, "--out", str(run), "--resume"]
+                    state, args = "resume", ["finetune", *common, "--resume"]
                 else:
                     state = "new"
-                    args = ["finetune", pretrained, "--algo", algo, "--env-steps", str(config.env_steps), "--seed",
-                            str(seed), "--num-envs", str(config.num_envs), "--out", str(run)]
+                    args = ["finetune", *common, "--algo", algo, "--env-steps", str(config.env_steps), "--seed",
+                            str(seed), "--num-envs", str(config.num_envs)]
                     args += [f"--set={k}={v}" for k, v in config.settings.get(algo, {}).items()]
                     if config.eval_episodes:
                         args += ["--eval-episodes", str(config.eval_episodes)]
@@ -121,25 +134,38 @@ def trial_jobs(config: GridConfig, out: Path) -> list[Job]:
     return jobs
 
 
-def run_job(job: Job) -> tuple[str, int]:
-    """Run one job's process with one torch thread; its output goes to ``<run_dir>.log``. Returns (name, exit code)."""
+def run_job(job: Job, deadline: float | None = None) -> tuple[str, int | None]:
+    """Run one job's process with one torch thread; its output goes to ``<run_dir>.log``.
+
+    At ``deadline`` (seconds since the epoch) the process gets SIGTERM, on which a fine-tuning run
+    checkpoints and exits; a job whose turn comes after the deadline does not start. Returns
+    (name, exit code), the code ``None`` for a job not started.
+    """
+    if deadline is not None and time.time() >= deadline:
+        return job.name, None
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(f"{job.run_dir}.log", "a") as log:
         log.write(f"$ {' '.join(job.command)}\n")
         log.flush()
-        code = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = process.wait(timeout=None if deadline is None else max(deadline - time.time(), 0.0))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait()
     return job.name, code
 
 
-def execute(jobs: list[Job], executor: str, workers: int, ray_address: str | None = None) -> dict[str, int]:
-    """Run the jobs that are not done; returns their exit codes by name."""
+def execute(jobs: list[Job], executor: str, workers: int, ray_address: str | None = None,
+            deadline: float | None = None) -> dict[str, int | None]:
+    """Run the jobs that are not done (until ``deadline``, see :func:`run_job`); returns their exit codes by name."""
     todo = [j for j in jobs if j.state != "done"]
     if not todo:
         return {}
     if executor == "local":
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return dict(pool.map(run_job, todo))
+            return dict(pool.map(lambda job: run_job(job, deadline), todo))
     try:
         import ray
     except ImportError as exc:
@@ -148,16 +174,32 @@ def execute(jobs: list[Job], executor: str, workers: int, ray_address: str | Non
         ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
                  log_to_driver=False)
     remote = ray.remote(num_cpus=1)(run_job)
-    return dict(ray.get([remote.remote(j) for j in todo]))
+    return dict(ray.get([remote.remote(j, deadline) for j in todo]))
+
+
+def trial_state(job: Job, code: int | None) -> str:
+    """A trial's state after a driver run, as ``trials.csv`` and the driver's table show it."""
+    if (job.run_dir / "summary.json").is_file():
+        return "done"
+    if (job.run_dir / "checkpoint.pt").is_file():
+        why = {None: "not run", 128 + signal.SIGTERM: "stopped at the time limit"}.get(code, f"exit {code}")
+        return f"resumable ({why})"
+    return "not started" if code is None else f"failed (exit {code})"
 
 
 def run_grid(config: GridConfig, out: Path, executor: str = "local", workers: int | None = None,
-             ray_address: str | None = None) -> list[dict]:
-    """Make the missing demonstrations, pre-train, run every trial not yet done; write ``trials.csv``."""
+             ray_address: str | None = None, stop_after: float | None = None) -> list[dict]:
+    """Make the missing demonstrations, pre-train, run every trial not yet done; write ``trials.csv``.
+
+    ``stop_after`` (seconds from now) stops the trials then, checkpointed and resumable (pre-training
+    is not bounded: it is short and has no checkpoint)."""
     from swfp.bench import write_rows_csv
 
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if stop_after is not None and stop_after <= 0:
+        raise ValueError(f"stop_after must be > 0 seconds, got {stop_after}")
+    deadline = None if stop_after is None else time.time() + stop_after
     out = Path(out)
     workers = workers or os.cpu_count() or 1
     earlier = []
@@ -178,10 +220,9 @@ def run_grid(config: GridConfig, out: Path, executor: str = "local", workers: in
                                                      ray_address).items() if code}
     if failed:
         raise RuntimeError(f"pre-training failed for {sorted(failed)}; see the .log beside each run directory")
-    codes = execute(trial_jobs(config, out), executor, workers, ray_address)
-    rows = [{"trial": job.name, "state": "done" if (job.run_dir / "summary.json").is_file() else
-             f"failed (exit {codes.get(job.name)})", "run_dir": str(job.run_dir.relative_to(out))}
-            for job in trial_jobs(config, out)]
+    codes = execute(trial_jobs(config, out), executor, workers, ray_address, deadline)
+    rows = [{"trial": job.name, "state": trial_state(job, codes.get(job.name)),
+             "run_dir": str(job.run_dir.relative_to(out))} for job in trial_jobs(config, out)]
     write_rows_csv(out / "trials.csv", rows)
     return rows
 

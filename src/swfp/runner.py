@@ -17,11 +17,20 @@ specific to it; the runner owns everything else, so methods compare on equal ter
   progress (environments restart their episodes) and TensorBoard events written after the
   checkpoint (they are written again). The CSV histories are cut back to the checkpoint, so a
   resumed run's history has no gap and no duplicate row.
+* **Stopping.** SIGINT (Ctrl-C) or SIGTERM (a cluster's pre-emption, ``swfp bench grid
+  --stop-after``) lets the current env step finish, writes a checkpoint at that step and raises
+  :class:`RunStopped`, so a resumed run loses nothing; a second signal acts as it would have
+  without the runner (e.g. Ctrl-C interrupts at once).
+* **Wall time** is charged to the loop's phases (:class:`PhaseClock`) and carried in the
+  checkpoint, so a run spread over several sessions reports its whole time and its time per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +120,11 @@ PHASES = ("collect", "train", "eval", "log", "checkpoint")
 
 class PhaseClock:
     """Wall time per phase of the loop: ``switch(phase)`` charges the time since the last switch to the
-    phase that was running, so every second of the loop lands in exactly one phase."""
+    phase that was running, so every second of the loop lands in exactly one phase. ``seconds`` starts
+    from an earlier session's totals when a run is resumed."""
 
-    def __init__(self, phases: tuple[str, ...]):
-        self.seconds = {phase: 0.0 for phase in phases}
+    def __init__(self, phases: tuple[str, ...], seconds: dict[str, float] | None = None):
+        self.seconds = {phase: float((seconds or {}).get(phase, 0.0)) for phase in phases}
         self.current: str | None = None
         self.since = time.perf_counter()
 
@@ -150,13 +160,53 @@ def restore_rng(rng: np.random.Generator, state: str) -> None:
     rng.bit_generator.state = json.loads(state)
 
 
-def save_checkpoint(out: Path, learner: Learner, env_step: int) -> None:
+class RunStopped(Exception):
+    """A run stopped by a signal after checkpointing its current env step; ``--resume`` continues it."""
+
+    def __init__(self, signum: int, env_step: int, config: RunConfig, out: Path):
+        self.signum, self.env_step = signum, env_step
+        super().__init__(f"stopped by {signal.Signals(signum).name} at env step {env_step} of "
+                         f"{config.total_env_steps}; checkpoint written to {out / CHECKPOINT}; continue with "
+                         f"`swfp finetune PRETRAINED_RUN --out {out} --resume`")
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Yield a list that SIGINT and SIGTERM append their number to, instead of interrupting.
+
+    The loop checks it once per env step, so a stop never lands inside an update (a checkpoint
+    written there would hold half-updated networks). The first signal restores the previous
+    handlers, so a second one acts as usual. Signal handlers can only be set from the main thread;
+    elsewhere (e.g. ``learn`` called from a worker thread) signals are left alone.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        received.append(signum)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def save_checkpoint(out: Path, learner: Learner, env_step: int, clock: PhaseClock) -> None:
     state = {"env_step": env_step, "learner": learner.state_dict(), "torch_rng": torch.get_rng_state(),
-             "algorithm": learner.name}
+             "algorithm": learner.name, "phase_seconds": dict(clock.seconds)}
     atomic_write(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(out: Path, learner: Learner) -> int:
+def load_checkpoint(out: Path, learner: Learner) -> tuple[int, dict[str, float]]:
+    """Restore ``learner`` and torch's RNG; returns the checkpoint's env step and the loop's phase seconds."""
     path = out / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"cannot resume: {path} does not exist (the run wrote no checkpoint yet); "
@@ -170,7 +220,7 @@ def load_checkpoint(out: Path, learner: Learner) -> int:
                               f"not {learner.name!r}; resume with the same --algo")
     learner.load_state_dict(state["learner"])
     torch.set_rng_state(state["torch_rng"])
-    return int(state["env_step"])
+    return int(state["env_step"]), state["phase_seconds"]
 
 
 def _truncate_history(out: Path, env_step: int) -> None:
@@ -193,31 +243,35 @@ def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, ru
     """Fine-tune ``learner`` online for ``config.total_env_steps`` environment steps; write ``out``.
 
     ``run_config`` is the full resolved configuration saved as ``config.json`` (the runner's own
-    plus the algorithm's). Returns the summary also written to ``summary.json``.
+    plus the algorithm's). Returns the summary also written to ``summary.json``. Raises
+    :class:`RunStopped` after checkpointing if SIGINT or SIGTERM arrives while it runs.
     """
-    out = Path(out)
-    config = config.resolved()
+    with stop_requests() as stop:
+        return _run(learner, config.resolved(), Path(out), resume, run_config, stop)
+
+
+def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_config: dict | None,
+         stop: list[int]) -> dict:
     torch.manual_seed(config.seed)
     if resume:
-        env_step = load_checkpoint(out, learner)
+        env_step, phase_seconds = load_checkpoint(out, learner)
         _truncate_history(out, env_step)
     else:
-        env_step = 0
+        env_step, phase_seconds = 0, {}
         write_run_metadata(out, run_config or {"run": config}, config.seed, kind=f"finetune-{learner.name}")
     logger = MetricLogger(out)
     venv = make_vector_env(config.task, config.num_envs, seed=config.seed + env_step)
     obs, _ = venv.reset(seed=config.seed + env_step)
-    if env_step == 0:
+    if not resume:
         warmup_metrics = learner.warm_up()
         if warmup_metrics:
             logger.log("train", 0, warmup_metrics)
         logger.log("eval", 0, {**evaluate_policy(learner.policy(), config), **learner.status()})
-    clock = PhaseClock(PHASES)
-    start, start_step = time.time(), env_step
+    clock = PhaseClock(PHASES, phase_seconds)
     with make_progress() as progress:
         bar = progress.add_task(f"{learner.name} {config.task}", total=config.total_env_steps,
                                 completed=env_step, status="")
-        while env_step < config.total_env_steps:
+        while env_step < config.total_env_steps and not stop:
             clock.switch("collect")
             actions = learner.act(obs)
             next_obs, reward, terminated, truncated, real_next, _ = step_vector_env(venv, actions)
@@ -239,22 +293,24 @@ def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, ru
                                                               "w2_upper", "trust_bound")))
             if _crossed(before, env_step, config.checkpoint_every):
                 clock.switch("checkpoint")
-                save_checkpoint(out, learner, env_step)
+                save_checkpoint(out, learner, env_step, clock)
                 clock.switch("log")
             progress.update(bar, completed=env_step)
         clock.switch(None)
     venv.close()
     logger.close()
+    save_checkpoint(out, learner, env_step, clock)
+    if env_step < config.total_env_steps:
+        raise RunStopped(stop[0], env_step, config, out)
     learner.policy().save(out)
-    save_checkpoint(out, learner, env_step)
     history = read_csv(out / "eval.csv")
     before_return, final = history[0]["return_mean"], history[-1]
     summary = {"algorithm": learner.name, "task": config.task, "env_steps": env_step,
                "return_before": before_return, "return_after": final["return_mean"],
                "det_return_before": history[0]["det_return_mean"], "det_return_after": final["det_return_mean"],
                "largest_dip_below_start": max(0.0, before_return - min(r["return_mean"] for r in history)),
-               "wall_seconds_this_session": round(time.time() - start, 1),
-               "seconds_per_env_step": {k: v / max(env_step - start_step, 1) for k, v in clock.seconds.items()},
+               "wall_seconds": round(sum(clock.seconds.values()), 1),
+               "seconds_per_env_step": {k: v / max(env_step, 1) for k, v in clock.seconds.items()},
                "status": learner.status()}
     atomic_write_json(out / "summary.json", summary)
     plot_learning_curve(out, [("eval", "return_mean"), ("eval", "det_return_mean")],
