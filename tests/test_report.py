@@ -19,9 +19,13 @@ def write_trial(root, algo: str, seed: int, before: float, after: float, dip: fl
     history = [(0, before), (steps // 5, before - dip), (steps // 2, (before + after) / 2), (steps, after)]
     run.joinpath("eval.csv").write_text("step,wall_time,return_mean\n" + "".join(
         f"{s},{i},{r}\n" for i, (s, r) in enumerate(history)))
+    status = {"critic_seconds": 1.5, "replay_seconds": 0.1, "update_seconds": 1.8}
+    if algo == "swfp":
+        status = {**status, "block_seconds": 0.3, "blocks": 2, "blocks_accepted": 5, "blocks_rejected": 1,
+                  "blocks_compactions": 1}
     run.joinpath("summary.json").write_text(json.dumps({
         "algorithm": algo, "task": TASK, "env_steps": steps, "return_before": before, "return_after": after,
-        "seconds_per_env_step": {"collect": 0.001, "train": 0.002, "eval": 0.0}}))
+        "seconds_per_env_step": {"collect": 0.001, "train": 0.002, "eval": 0.0}, "status": status}))
 
 
 @pytest.fixture
@@ -54,6 +58,22 @@ def test_report_statistics_match_closed_form(results):
     for name in ("report.md", "report.csv", "learning_curves.png", "final_iqm.png", "sample_efficiency.png"):
         assert (results / name).stat().st_size > 0, name
     assert "| Hopper-v5 | swfp | 4 |" in (results / "report.md").read_text()
+
+
+def test_report_lists_every_trial_with_its_time_split(results):
+    write_report(results)
+    rows = [r.split(",") for r in (results / "report_trials.csv").read_text().strip().splitlines()]
+    header, rows = rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
+    assert len(rows) == 12 and "critic_ms" in header
+    swfp = [r for r in rows if r["algorithm"] == "swfp"]
+    bc = next(r for r in rows if r["algorithm"] == "bc")
+    # 1000 env steps: critic 1.5 s -> 1.5 ms/step; SWFP's actor is its block time (0.3 s), another
+    # method's is its update time less critic and replay (1.8 - 1.5 - 0.1 = 0.2 s).
+    assert float(swfp[0]["critic_ms"]) == pytest.approx(1.5) and float(swfp[0]["actor_ms"]) == pytest.approx(0.3)
+    assert float(bc["actor_ms"]) == pytest.approx(0.2) and float(bc["ms_per_env_step"]) == pytest.approx(3.0)
+    assert [float(r["return_after"]) for r in swfp] == [0.0, 10.0, 20.0, 30.0]
+    text = (results / "report.md").read_text()
+    assert "| Hopper-v5 | swfp | seed2 | -5.0 | 20.0 |" in text and "5/1 (1)" in text
 
 
 def test_report_cli_without_results_says_what_it_expects(tmp_path):

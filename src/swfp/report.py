@@ -9,9 +9,13 @@ interval estimates are rliable's (Agarwal et al., 2021, "Deep RL at the Edge of 
 Precipice"), the maintained implementation of these statistics; with 3 seeds the intervals are
 wide, and the table says how many seeds each row has.
 
+A second table lists every trial on its own (few seeds hide nothing then): its returns, its largest
+dip over the whole run, where its wall time went per env step (collection, critic, actor or SWFP
+block, evaluation) and, for SWFP, its blocks accepted / rejected and compactions.
+
 Reads ``RESULTS/runs/<task>/<algo>/seed<s>/{summary.json, eval.csv}`` (what ``swfp bench grid``
-writes); writes ``report.md``, ``report.csv``, ``learning_curves.png``, ``final_iqm.png`` and
-``sample_efficiency.png`` into ``RESULTS``.
+writes); writes ``report.md``, ``report.csv``, ``report_trials.csv``, ``learning_curves.png``,
+``final_iqm.png`` and ``sample_efficiency.png`` into ``RESULTS``.
 """
 
 from __future__ import annotations
@@ -97,6 +101,46 @@ def aggregate(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
     return rows
 
 
+def trial_rows(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
+    """One row per trial. Times are ms per env step over the whole run (all its sessions): the runner's
+    phases, and inside "train" the learner's own clocks: ``critic`` (TD updates) and ``actor`` (the
+    method's policy update; SWFP's block training)."""
+    rows = []
+    for (task, algo), runs in sorted(trials.items()):
+        for trial in sorted(runs, key=lambda r: r["seed"]):
+            status, nan = trial.get("status", {}), float("nan")
+            per_step = {k: 1000 * v for k, v in trial["seconds_per_env_step"].items()}
+            learner = {k: 1000 * status.get(f"{k}_seconds", 0.0) / max(trial["env_steps"], 1)
+                       for k in ("critic", "replay", "update", "block")}
+            actor = learner["block"] if "blocks" in status else learner["update"] - learner["critic"] - learner["replay"]
+            rows.append({"task": task, "algorithm": algo, "seed": trial["seed"],
+                         "return_before": trial["return_before"], "return_after": trial["return_after"],
+                         "det_return_after": trial.get("det_return_after", nan),
+                         "largest_dip": trial.get("largest_dip_below_start", nan),
+                         "ms_per_env_step": sum(per_step.values()), "collect_ms": per_step.get("collect", nan),
+                         "critic_ms": learner["critic"], "actor_ms": actor, "eval_ms": per_step.get("eval", nan),
+                         "blocks_accepted": status.get("blocks_accepted", nan),
+                         "blocks_rejected": status.get("blocks_rejected", nan),
+                         "compactions": status.get("blocks_compactions", nan)})
+    return rows
+
+
+def trial_markdown(rows: list[dict]) -> str:
+    lines = ["Every trial (ms per env step over the whole run; actor: the method's policy update, SWFP's blocks; "
+             "dip: over the whole run)", "",
+             "| task | method | seed | before | after | det. after | largest dip | ms/step | collect | critic | actor | "
+             "eval | blocks acc./rej. (compactions) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        blocks = "—" if np.isnan(r["blocks_accepted"]) else \
+            f"{r['blocks_accepted']:.0f}/{r['blocks_rejected']:.0f} ({r['compactions']:.0f})"
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['seed']} | {r['return_before']:.1f} | "
+                     f"{r['return_after']:.1f} | {r['det_return_after']:.1f} | {r['largest_dip']:.1f} | "
+                     f"{r['ms_per_env_step']:.1f} | {r['collect_ms']:.1f} | {r['critic_ms']:.1f} | {r['actor_ms']:.1f} | "
+                     f"{r['eval_ms']:.1f} | {blocks} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], results: Path) -> str:
     lines = [f"Fine-tuning results from `{results}` (IQM over seeds with 95 % stratified bootstrap intervals, "
              f"rliable; early dip: deepest fall below the start in the first {EARLY_FRACTION:.0%} of the budget)", "",
@@ -171,8 +215,9 @@ def write_report(results: Path) -> list[dict]:
 
     results = Path(results)
     trials = load_trials(results)
-    rows = aggregate(trials)
+    rows, per_trial = aggregate(trials), trial_rows(trials)
     write_rows_csv(results / "report.csv", rows)
-    atomic_write_text(results / "report.md", markdown(rows, results))
+    write_rows_csv(results / "report_trials.csv", per_trial)
+    atomic_write_text(results / "report.md", markdown(rows, results) + "\n" + trial_markdown(per_trial))
     plot(trials, rows, results)
     return rows
