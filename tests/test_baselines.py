@@ -148,7 +148,7 @@ def test_reinflow_chain_log_prob_is_the_sum_of_per_step_gaussians():
     noise = NoiseNet(3, 2, (16, 16), 0.10, 0.24)
     obs = torch.randn(64, 3)
     with torch.no_grad():
-        chain = sample_chain(flow, noise, obs, steps=4)
+        chain, sampled_log_prob = sample_chain(flow, noise, obs, steps=4)
         log_prob, entropy = chain_log_prob(flow, noise, obs, chain)
     assert chain.shape == (64, 5, 2)
     expected = Normal(0.0, 1.0).log_prob(chain[:, 0]).sum(-1)
@@ -163,10 +163,11 @@ def test_reinflow_chain_log_prob_is_the_sum_of_per_step_gaussians():
             expected = expected + step.log_prob(chain[:, k + 1]).sum(-1)
             expected_entropy = expected_entropy + step.entropy().sum(-1)
     torch.testing.assert_close(log_prob, expected)
+    torch.testing.assert_close(sampled_log_prob, expected)  # accumulated while sampling: the same density
     torch.testing.assert_close(entropy, expected_entropy)
     # Deterministic chains start at 0 and inject no noise: the flow's own deterministic sample.
     with torch.no_grad():
-        plain = sample_chain(flow, noise, obs, steps=4, deterministic=True)[:, -1]
+        plain = sample_chain(flow, noise, obs, steps=4, deterministic=True)[0][:, -1]
         torch.testing.assert_close(plain, flow.sample(obs, deterministic=True)[0])
 
 

@@ -87,10 +87,17 @@ def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
     (results / "sweep").mkdir()
     (results / "sweep" / "README.md").write_text("# A curated sweep\n\nTau 0.03 won.\n\n## Curves\n\n"
                                                  "![curve](run/curve.png) and [paper](https://arxiv.org)\n")
+    (results / "grid").mkdir()  # a grid continued by a second driver: both commands, in order
+    first = {"command": ["swfp", "bench", "grid", "--seeds", "0"], "git_commit": "a" * 40, "created": "2026-11-25T1"}
+    (results / "grid" / "grid.json").write_text(json.dumps(
+        {"command": ["swfp", "bench", "grid", "--seeds", "1"], "git_commit": "b" * 40, "earlier_invocations": [first]}))
+    (results / "grid" / "report.md").write_text("| method | IQM |\n| --- | ---: |\n| swfp | 1.0 |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# Project\n\nintro\n\n{BEGIN}\nstale figures\n{END}\n\n## After\n")
     update_readme(readme, results)
     text = readme.read_text()
+    assert ("Made by `swfp bench grid --seeds 0` (commit `aaaaaaaaaaaa`, 2026-11-25), then "
+            "`swfp bench grid --seeds 1` (commit `bbbbbbbbbbbb`)") in text and "| swfp | 1.0 |" in text
     assert "stale figures" not in text and text.startswith("# Project\n\nintro") and text.endswith("## After\n")
     table = (results / "compute" / "compute.md").read_text().strip()
     assert table in text  # the measured table itself, not a paraphrase

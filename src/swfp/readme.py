@@ -35,14 +35,18 @@ def _command(argv: list[str]) -> str:
     return "swfp " + " ".join(argv[1:])
 
 
+def _invocation(meta: dict) -> str:
+    when = f", {meta['created'][:10]}" if "created" in meta else ""
+    return f"`{_command(meta['command'])}` (commit `{(meta.get('git_commit') or 'unknown')[:12]}`{when})"
+
+
 def _provenance(directory: Path) -> str | None:
-    for name, commit_key in (("meta.json", "git_commit"), ("grid.json", "git_commit")):
+    """The command that wrote the directory; for a grid continued by several drivers, every one in order."""
+    for name in ("meta.json", "grid.json"):
         path = directory / name
         if path.is_file():
             meta = json.loads(path.read_text())
-            when = f", {meta['created'][:10]}" if "created" in meta else ""
-            commit = (meta.get(commit_key) or "unknown")[:12]
-            return f"`{_command(meta['command'])}` (commit `{commit}`{when})"
+            return ", then ".join(_invocation(m) for m in [*meta.get("earlier_invocations", []), meta])
     return None
 
 

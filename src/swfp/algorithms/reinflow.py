@@ -97,16 +97,29 @@ def _step_means_and_stds(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tenso
     return x + flow.velocity(obs, x, t) / steps, noise_net(obs, t)
 
 
+def _initial_log_prob(x0: torch.Tensor) -> torch.Tensor:
+    """``log N(x_0; 0, I)`` ``(B,)``."""
+    return -0.5 * x0.pow(2).sum(-1) - 0.5 * x0.shape[-1] * math.log(2 * math.pi)
+
+
+def _step_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``log N(x_{k+1}; μ_k, diag σ_k²)`` ``(B,)``: one transition of the noisy chain."""
+    return (-0.5 * ((x_next - mean) / std).pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
 def sample_chain(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tensor, steps: int,
-                 deterministic: bool = False) -> torch.Tensor:
-    """The chain ``x_0:K`` ``(B, K+1, D)``; ``deterministic``: ``x_0 = 0`` and no injected noise."""
+                 deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chain ``x_0:K`` ``(B, K+1, D)`` and its ``log p(x_0:K | s)`` ``(B,)``, accumulated as it is drawn
+    (the terms of :func:`chain_log_prob`, so collecting costs one pass of the velocity field, not two).
+    ``deterministic``: ``x_0 = 0`` and no injected noise (the log-density is then of that chain)."""
     x = torch.zeros(obs.shape[0], flow.act_dim) if deterministic else torch.randn(obs.shape[0], flow.act_dim)
-    chain = [x]
+    chain, log_prob = [x], _initial_log_prob(x)
     for k in range(steps):
         mean, std = _step_means_and_stds(flow, noise_net, obs, x, k, steps)
         x = mean if deterministic else mean + std * torch.randn_like(mean)
+        log_prob = log_prob + _step_log_prob(x, mean, std)
         chain.append(x)
-    return torch.stack(chain, dim=1)
+    return torch.stack(chain, dim=1), log_prob
 
 
 def chain_log_prob(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tensor,
@@ -114,12 +127,11 @@ def chain_log_prob(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tensor,
     """Exact ``log p(x_0:K | s)`` ``(B,)`` of a stored chain (differentiable in θ and ψ), and the summed
     entropy of its Gaussian transitions ``Σ_k Σ_d ½ log(2πe σ_{k,d}²)`` ``(B,)``."""
     steps = chain.shape[1] - 1
-    log_prob = -0.5 * chain[:, 0].pow(2).sum(-1) - 0.5 * chain.shape[-1] * math.log(2 * math.pi)
+    log_prob = _initial_log_prob(chain[:, 0])
     entropy = torch.zeros_like(log_prob)
     for k in range(steps):
         mean, std = _step_means_and_stds(flow, noise_net, obs, chain[:, k], k, steps)
-        log_prob = log_prob + (-0.5 * ((chain[:, k + 1] - mean) / std).pow(2) - std.log()
-                               - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob + _step_log_prob(chain[:, k + 1], mean, std)
         entropy = entropy + (std.log() + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
     return log_prob, entropy
 
@@ -176,7 +188,7 @@ class ReinFlow(FineTuner):
     # -- acting and collecting ---------------------------------------------------------------------
     def policy(self) -> NetworkPolicy:
         def act(obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-            return sample_chain(self.flow, self.noise_net, obs, self.config.denoising_steps, deterministic)[:, -1]
+            return sample_chain(self.flow, self.noise_net, obs, self.config.denoising_steps, deterministic)[0][:, -1]
         return NetworkPolicy(act, self._policy, {"flow": self.flow, "noise_net": self.noise_net},
                              {"algorithm": self.name, "kind": "noisy-flow", "task": self._policy.task_id,
                               "denoising_steps": self.config.denoising_steps})
@@ -184,8 +196,8 @@ class ReinFlow(FineTuner):
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs_t = self._policy.normalize_obs(obs)
-        chain = sample_chain(self.flow, self.noise_net, obs_t, self.config.denoising_steps)
-        self.pending = (obs_t, chain, chain_log_prob(self.flow, self.noise_net, obs_t, chain)[0])
+        chain, log_prob = sample_chain(self.flow, self.noise_net, obs_t, self.config.denoising_steps)
+        self.pending = (obs_t, chain, log_prob)
         return chain[:, -1].numpy()
 
     def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None) -> None:
