@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from swfp.bandit import misplaced_demonstrations
-from swfp.grid import GridConfig, run_grid, trial_jobs
+from swfp.grid import GridConfig, pending, run_grid, trial_jobs
 from swfp.logger import read_csv
 from test_swfp import kill_after_first_checkpoint
 
@@ -86,6 +86,18 @@ def test_time_limit_stops_running_trials_checkpointed_and_resumable(demos, tmp_p
     assert [j.state for j in trial_jobs(config, tmp_path)] == ["resume"]
     with pytest.raises(ValueError, match="stop_after"):
         run_grid(config, tmp_path, stop_after=0)
+
+
+def test_pending_trials_put_resumable_ones_first(tmp_path):
+    """A grid spread over sessions finishes what it started before starting anything new."""
+    config = GridConfig(tasks=[TASK], algos=["bc", "swfp"], seeds=[0, 1], env_steps=10)
+    runs = {j.name: j.run_dir for j in trial_jobs(config, tmp_path)}
+    for name, marker in (("bc Hopper seed 0", "summary.json"), ("swfp Hopper seed 1", "checkpoint.pt")):
+        run_dir = runs[name.replace("Hopper", TASK)]
+        run_dir.mkdir(parents=True)
+        (run_dir / marker).write_text("")
+    assert [j.name.replace(TASK, "T") for j in pending(trial_jobs(config, tmp_path))] == [
+        "swfp T seed 1", "bc T seed 1", "swfp T seed 0"]
 
 
 def test_grid_cli_rejects_an_incomplete_or_unknown_grid(tmp_path):

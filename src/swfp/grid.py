@@ -157,10 +157,17 @@ def run_job(job: Job, deadline: float | None = None) -> tuple[str, int | None]:
     return job.name, code
 
 
+def pending(jobs: list[Job]) -> list[Job]:
+    """The jobs not done, resumable ones first (otherwise in grid order): a grid spread over several
+    sessions finishes the trials it has started before it starts new ones, so fewer half-run trials
+    (and their checkpoints) are carried from one session to the next."""
+    return sorted((j for j in jobs if j.state != "done"), key=lambda j: j.state != "resume")
+
+
 def execute(jobs: list[Job], executor: str, workers: int, ray_address: str | None = None,
             deadline: float | None = None) -> dict[str, int | None]:
-    """Run the jobs that are not done (until ``deadline``, see :func:`run_job`); returns their exit codes by name."""
-    todo = [j for j in jobs if j.state != "done"]
+    """Run the :func:`pending` jobs (until ``deadline``, see :func:`run_job`); returns their exit codes by name."""
+    todo = pending(jobs)
     if not todo:
         return {}
     if executor == "local":
