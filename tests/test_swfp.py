@@ -41,6 +41,17 @@ def test_swfp_improves_the_bandit_with_several_blocks(bandit_bc):
     assert tuned.cascade.num_blocks == status["blocks"]
 
 
+def test_block_schedule_caps_the_block_interval_and_keeps_short_runs_several_blocks(bandit_bc):
+    """S = min(block_every, total / blocks_per_run): a block every 5000 env steps on long budgets,
+    at least 20 blocks on short ones; ``block_every=None`` spreads exactly ``blocks_per_run`` blocks."""
+    def interval(total, **config):
+        return swfp.SWFP.from_pretrained(bandit_bc / "bc", config=swfp.SWFPConfig(**config),
+                                         total_env_steps=total).block_every
+    assert [interval(total) for total in (1_000_000, 300_000, 100_000, 15_000, 10)] == [5000, 5000, 5000, 750, 1]
+    assert interval(300_000, block_every=None) == 15_000 and interval(300_000, block_every=None, blocks_per_run=60) == 5000
+    assert interval(300_000, block_every=2000, blocks_per_run=1) == 2000
+
+
 def kill_after_first_checkpoint(args: list[str], out) -> None:
     """Start ``args`` (a ``swfp finetune`` command), SIGKILL it as soon as it has written a checkpoint."""
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

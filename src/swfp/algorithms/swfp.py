@@ -10,8 +10,8 @@ Our reading of the method is DESIGN.md §2–3; the mathematics lives in :mod:`s
   log-density costs K Jacobians per target sample) or ``"exact"``.
 * **Critic warm-up.** ``critic_warmup_steps`` TD steps on the demonstrations before the first
   environment step, so the first block is not trained against a random critic.
-* **Policy improvement.** Every S environment steps (``S = total / blocks_per_run`` unless
-  ``block_every`` is given, so a short run still appends several blocks), block n+1 is trained for
+* **Policy improvement.** Every S environment steps, ``S = min(block_every, total / blocks_per_run)``
+  (a block every 5000 steps, and at least 20 blocks in a run of any length), block n+1 is trained for
   J steps on a pool of ``(s, a ~ π_n)`` pairs drawn once from the replay's states, then measured on
   held-out states (fresh states and fresh actions) and appended only if its free energy went down
   (ΔF < 0, everything finite, the map invertible); a rejected block leaves ``π_n`` unchanged.
@@ -71,8 +71,8 @@ class SWFPConfig(OffPolicyConfig):
     q_scale: str = "gradient"            # "gradient" (τ in action units), "value" or "none"
     q_reduce: str = "mean"               # how the block objective reduces the critic ensemble
     # schedule
-    blocks_per_run: int = 20
-    block_every: int | None = None       # S; None: total_env_steps / blocks_per_run
+    blocks_per_run: int = 20             # at least this many blocks in a run: S <= total_env_steps / blocks_per_run
+    block_every: int | None = 5_000      # S at most this (None: no cap, S = total_env_steps / blocks_per_run)
     max_blocks: int = 8                  # N_max, then compaction
     compaction_steps: int = 2_000
     tau_radius: float | None = None      # adapt τ toward this per-block W₂ (None: fixed τ)
@@ -135,8 +135,14 @@ class SWFP(OffPolicyLearner):
 
     @property
     def block_every(self) -> int:
-        """S, environment steps between blocks: ``block_every`` if set, else total / ``blocks_per_run``."""
-        return self.config.block_every or max(self.total_env_steps // self.config.blocks_per_run, 1)
+        """S, environment steps between blocks: ``min(block_every, total / blocks_per_run)``.
+
+        Each accepted block moves the policy by about τ (in W₂, normalised action units), so the
+        improvement per env step is set by S: a fixed cap keeps that rate the same whatever the budget
+        (measured on Hopper: the return followed the number of blocks, not the env steps), while
+        ``blocks_per_run`` still gives a short run several blocks."""
+        at_least = max(self.total_env_steps // self.config.blocks_per_run, 1)
+        return at_least if self.config.block_every is None else min(self.config.block_every, at_least)
 
     # -- the shared off-policy core's hooks -----------------------------------------------------
     def target_actions(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
