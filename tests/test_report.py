@@ -76,6 +76,18 @@ def test_report_lists_every_trial_with_its_time_split(results):
     assert "| Hopper-v5 | swfp | seed2 | -5.0 | 20.0 |" in text and "5/1 (1)" in text
 
 
+def test_report_names_the_trials_that_have_not_finished(results):
+    stopped = results / "runs" / TASK / "swfp" / "seed9"
+    stopped.mkdir()
+    stopped.joinpath("eval.csv").write_text("step,wall_time,return_mean\n0,0,-5\n600,1,3\n")
+    (results / "runs" / TASK / "bc" / "seed7").mkdir()
+    rows = {r["algorithm"]: r for r in write_report(results)}
+    assert rows["swfp"]["seeds"] == 4  # the unfinished trial is not aggregated
+    report = (results / "report.md").read_text()
+    assert (f"Not finished, so not in these tables: runs/{TASK}/bc/seed7 (no evaluation yet); "
+            f"runs/{TASK}/swfp/seed9 (last evaluation at env step 600).") in report
+
+
 def test_report_cli_without_results_says_what_it_expects(tmp_path):
     out = subprocess.run([sys.executable, "-m", "swfp.cli", "bench", "report", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)

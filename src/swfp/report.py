@@ -11,7 +11,8 @@ wide, and the table says how many seeds each row has.
 
 A second table lists every trial on its own (few seeds hide nothing then): its returns, its largest
 dip over the whole run, where its wall time went per env step (collection, critic, actor or SWFP
-block, evaluation) and, for SWFP, its blocks accepted / rejected and compactions.
+block, evaluation) and, for SWFP, its blocks accepted / rejected and compactions. Trials that have
+not finished (a grid spread over sessions) are named below the tables with how far they got.
 
 Reads ``RESULTS/runs/<task>/<algo>/seed<s>/{summary.json, eval.csv}`` (what ``swfp bench grid``
 writes); writes ``report.md``, ``report.csv``, ``report_trials.csv``, ``learning_curves.png``,
@@ -47,6 +48,18 @@ def load_trials(results: Path) -> dict[tuple[str, str], list[dict]]:
         raise FileNotFoundError(f"no finished trials under {results}/runs (expected runs/<task>/<algo>/seed<s>/"
                                 "summary.json, as `swfp bench grid` writes)")
     return trials
+
+
+def unfinished_trials(results: Path) -> list[str]:
+    """Trial directories without a ``summary.json`` (still running, or stopped to be resumed), each with the
+    env step of its last evaluation: the tables leave them out, and the report says so."""
+    found = []
+    for run in sorted(p for p in Path(results).glob("runs/*/*/seed*") if p.is_dir()):
+        if not (run / "summary.json").is_file():
+            history = read_csv(run / "eval.csv") if (run / "eval.csv").is_file() else []
+            where = f"last evaluation at env step {int(history[-1]['step'])}" if history else "no evaluation yet"
+            found.append(f"{run.relative_to(results).as_posix()} ({where})")
+    return found
 
 
 def early_dip(trial: dict) -> float:
@@ -218,6 +231,8 @@ def write_report(results: Path) -> list[dict]:
     rows, per_trial = aggregate(trials), trial_rows(trials)
     write_rows_csv(results / "report.csv", rows)
     write_rows_csv(results / "report_trials.csv", per_trial)
-    atomic_write_text(results / "report.md", markdown(rows, results) + "\n" + trial_markdown(per_trial))
+    unfinished = unfinished_trials(results)
+    note = f"\nNot finished, so not in these tables: {'; '.join(unfinished)}.\n" if unfinished else ""
+    atomic_write_text(results / "report.md", markdown(rows, results) + "\n" + trial_markdown(per_trial) + note)
     plot(trials, rows, results)
     return rows
