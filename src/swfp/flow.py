@@ -71,6 +71,11 @@ def field_and_jacobian(field: nn.Module, obs: torch.Tensor, x: torch.Tensor,
     return f, jac
 
 
+def standard_normal_log_prob(x0: torch.Tensor) -> torch.Tensor:
+    """``log N(x_0; 0, I)`` ``(B,)``: the density every noise-driven chain here starts from."""
+    return -0.5 * x0.pow(2).sum(-1) - 0.5 * x0.shape[-1] * math.log(2 * math.pi)
+
+
 class InversionError(RuntimeError):
     """Inverting a step map ``x + h·f(s, x, t)`` (an Euler step, or a JKO block's sub-step) did not converge:
     the map is not a bijection there, or barely."""
@@ -247,10 +252,6 @@ class FlowPolicy(nn.Module):
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
         return x + self.step_size * v, torch.linalg.slogdet(eye + self.step_size * jac).logabsdet
 
-    @staticmethod
-    def _standard_normal_log_prob(x0: torch.Tensor) -> torch.Tensor:
-        return -0.5 * x0.pow(2).sum(-1) - 0.5 * x0.shape[-1] * math.log(2 * math.pi)
-
     def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None, deterministic: bool = False,
                with_log_prob: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Actions ``(B, D)`` and, if ``with_log_prob``, ``log π(a|s)`` ``(B,)`` (else ``None``).
@@ -280,7 +281,7 @@ class FlowPolicy(nn.Module):
             for k in range(self.num_steps):
                 x = self.euler_step(obs, x, k)
             return x, None
-        log_prob = self._standard_normal_log_prob(x)
+        log_prob = standard_normal_log_prob(x)
         for k in range(self.num_steps):
             x, log_det = self.euler_step_log_det(obs, x, k)
             log_prob = log_prob - log_det
@@ -309,7 +310,7 @@ class FlowPolicy(nn.Module):
         Jacobian per step of the implicit gradient and the backward graph.
         """
         xs = self._invert_chain(obs, actions, max_iters, tol)
-        log_prob = self._standard_normal_log_prob(xs[0])
+        log_prob = standard_normal_log_prob(xs[0])
         for k in range(self.num_steps):
             log_prob = log_prob - self.euler_step_log_det(obs, xs[k], k)[1]
         return log_prob

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from swfp.algorithms.base import FineTuner, NetworkPolicy
-from swfp.flow import FlowPolicy
+from swfp.flow import FlowPolicy, standard_normal_log_prob
 from swfp.nets import Mish, SinusoidalTimeEmbedding, mlp
 
 
@@ -97,11 +97,6 @@ def _step_means_and_stds(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tenso
     return x + flow.velocity(obs, x, t) / steps, noise_net(obs, t)
 
 
-def _initial_log_prob(x0: torch.Tensor) -> torch.Tensor:
-    """``log N(x_0; 0, I)`` ``(B,)``."""
-    return -0.5 * x0.pow(2).sum(-1) - 0.5 * x0.shape[-1] * math.log(2 * math.pi)
-
-
 def _step_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``log N(x_{k+1}; μ_k, diag σ_k²)`` ``(B,)``: one transition of the noisy chain."""
     return (-0.5 * ((x_next - mean) / std).pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -113,7 +108,7 @@ def sample_chain(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tensor, steps
     (the terms of :func:`chain_log_prob`, so collecting costs one pass of the velocity field, not two).
     ``deterministic``: ``x_0 = 0`` and no injected noise (the log-density is then of that chain)."""
     x = torch.zeros(obs.shape[0], flow.act_dim) if deterministic else torch.randn(obs.shape[0], flow.act_dim)
-    chain, log_prob = [x], _initial_log_prob(x)
+    chain, log_prob = [x], standard_normal_log_prob(x)
     for k in range(steps):
         mean, std = _step_means_and_stds(flow, noise_net, obs, x, k, steps)
         x = mean if deterministic else mean + std * torch.randn_like(mean)
@@ -127,7 +122,7 @@ def chain_log_prob(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tensor,
     """Exact ``log p(x_0:K | s)`` ``(B,)`` of a stored chain (differentiable in θ and ψ), and the summed
     entropy of its Gaussian transitions ``Σ_k Σ_d ½ log(2πe σ_{k,d}²)`` ``(B,)``."""
     steps = chain.shape[1] - 1
-    log_prob = _initial_log_prob(chain[:, 0])
+    log_prob = standard_normal_log_prob(chain[:, 0])
     entropy = torch.zeros_like(log_prob)
     for k in range(steps):
         mean, std = _step_means_and_stds(flow, noise_net, obs, chain[:, k], k, steps)
