@@ -17,6 +17,14 @@ def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_atomic_write_through_a_link_to_a_folder_not_made_yet(tmp_path):
+    """A grid links ``data`` to another grid's ignored folder; on a fresh clone the link dangles."""
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "data").symlink_to("../other/data")
+    atomic_write_json(tmp_path / "grid" / "data" / "a.json", {"x": 1})
+    assert json.loads((tmp_path / "other" / "data" / "a.json").read_text()) == {"x": 1}
+
+
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "w.safetensors"
     save_tensors(path, {"w": torch.ones(2)})

@@ -31,7 +31,9 @@ class CheckpointError(ValueError):
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # resolve first: a parent that is a link to a folder not made yet (a grid sharing another grid's
+    # demonstrations on a fresh clone) makes its target rather than failing with FileExistsError
+    path.parent.resolve().mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     umask = os.umask(0)
