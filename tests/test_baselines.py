@@ -31,7 +31,7 @@ FAST = {
     "bptt": {"batch_size": "64", "critic_warmup_steps": "200"},
     "dipo": {"batch_size": "64", "critic_warmup_steps": "200", "action_steps": "5"},
     "dsrl": {"batch_size": "64", "critic_warmup_steps": "200"},
-    "fql": {"batch_size": "64", "critic_warmup_steps": "200"},
+    "fql": {"batch_size": "64", "critic_warmup_steps": "200", "distill_weight": "1"},  # α for the bandit's |Q| ≈ 1
     "sac": {"batch_size": "64", "learning_starts": "100"},
     "rlpd": {"batch_size": "64", "learning_starts": "100"},
     "reinflow": {"rollout_steps": "200", "actor_lr": "0.001", "clip_ratio": "0.2", "entropy_coef": "0"},
@@ -182,3 +182,25 @@ def test_set_overrides_are_typed_and_unknown_keys_name_the_valid_ones():
     with pytest.raises(ValueError, match="no hyper-parameters"):
         make_config("bc", {"tau": "1"})
     assert math.isclose(make_config("swfp", {"tau": "1"}).tau, 1.0)
+
+
+def test_reinflow_minibatches_cover_the_rollout_without_a_one_row_leftover():
+    """2001 rows (3 envs × 667 steps) in 4 minibatches: 501 + 500 + 500 + 500, each row once (a leftover
+    minibatch of one row has a NaN advantage std, which turned the weights into NaN)."""
+    from swfp.algorithms.reinflow import minibatch_indices
+    parts = minibatch_indices(2001, 4)
+    assert [len(p) for p in parts] == [501, 500, 500, 500]
+    assert torch.equal(torch.cat(parts).sort().values, torch.arange(2001))
+
+
+def test_dsrl_noise_actor_starts_as_wide_as_the_flows_own_noise(bandit_bc):
+    """DSRL's SB3 actor starts with σ ≈ 1 (a plain linear log-σ head), so w = b·tanh(u) spreads about as the
+    flow's N(0, I) noise; our SAC squashing would start it at σ = e^-1.5 ≈ 0.22, near the flow's mode."""
+    from swfp.algorithms.sac import GaussianActor
+    dsrl = get_algorithm("dsrl").from_pretrained(bandit_bc / "bc")
+    obs = torch.rand(2048, 2) * 2 - 1
+    sigma = dsrl.sac.actor(obs)[1].exp().mean().item()
+    assert 0.8 < sigma < 1.3
+    noise = dsrl.config.noise_bound * dsrl.sac.actor.sample(obs)[0]
+    assert 0.75 < noise.std().item() < 1.15  # the flow's own noise has std 1
+    assert GaussianActor(2, 2, (64, 64))(obs)[1].exp().mean().item() < 0.4  # SAC/RLPD/experts keep their start

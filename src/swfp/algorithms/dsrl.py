@@ -65,8 +65,11 @@ class DSRL(OffPolicyLearner):
         self.noise_critic = Critic(obs_dim, act_dim, CriticConfig(
             hidden_dims=cfg.noise_critic_hidden_dims, ensemble_size=cfg.critic.ensemble_size, lr=cfg.critic.lr))
         # SAC over y = w / b in [-1, 1]: its actor and temperature, maximising Q^W.
+        # σ starts at 1 as in their SB3 actor (a plain linear log-σ head): w = b·tanh(u) then spreads about
+        # as the flow's own N(0, I) noise, so the steered policy starts as the pre-trained stochastic one
         self.sac = SAC(obs_dim, act_dim, SACConfig(hidden_dims=cfg.actor_hidden_dims, actor_lr=cfg.actor_lr,
-                                                   init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy),
+                                                   init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy,
+                                                   init_std=1.0),
                        critic=self.noise_critic)
 
     def actions_from_latent(self, obs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ it against the per-step densities computed independently). Settings read from Re
 ``model/flow/ft_ppo/ppoflow.py``): K = 4 denoising steps, noise network on ``[time embedding, s]``
 (2×64, tanh) with its std bounded in [0.10, 0.24] through a tanh-squashed log-variance, the x_0 term
 included, log-probabilities and entropy averaged over the (K+1)·D chain entries before the PPO ratio,
-clip ratio 0.01, entropy coefficient 0.03, value coefficient 0.5, γ = 0.99, GAE λ = 0.95, 5 epochs,
+clip ratio 0.01, entropy coefficient 0.03, value coefficient 0.5, γ = 0.99 and GAE λ = 0.95 (theirs per
+4-action chunk, ours per env step: a horizon about 4 times shorter), 5 epochs,
 target KL 1.0, advantages normalised per minibatch, AdamW with actor lr 4.5e-5 and critic lr 6.5e-4
 (weight decay 1e-5), running reward scaling, V(s) a 3×256 Mish MLP.
 
@@ -41,6 +42,12 @@ from torch import nn
 from swfp.algorithms.base import FineTuner, NetworkPolicy
 from swfp.flow import FlowPolicy, standard_normal_log_prob
 from swfp.nets import Mish, SinusoidalTimeEmbedding, mlp
+
+
+def minibatch_indices(size: int, count: int) -> tuple[torch.Tensor, ...]:
+    """A random permutation of ``range(size)`` split into ``count`` minibatches whose sizes differ by at most
+    one: no leftover minibatch of a single row, whose advantage std (and then the weights) would be NaN."""
+    return torch.randperm(size).tensor_split(min(count, size))
 
 
 @dataclass
@@ -238,13 +245,9 @@ class ReinFlow(FineTuner):
         flat = {k: v.flatten(0, 1) for k, v in data.items()}
         advantages, returns = advantages.flatten(), returns.flatten()
         entries = (cfg.denoising_steps + 1) * self.flow.act_dim  # log-probs averaged per chain entry
-        size = len(returns)
-        minibatch = max(size // cfg.minibatches, 1)
         metrics: dict[str, float] = {}
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(size)
-            for start in range(0, size, minibatch):
-                idx = order[start:start + minibatch]
+            for idx in minibatch_indices(len(returns), cfg.minibatches):
                 log_prob, entropy = chain_log_prob(self.flow, self.noise_net, flat["obs"][idx], flat["chain"][idx])
                 log_ratio = (log_prob - flat["log_prob"][idx]) / entries
                 ratio = log_ratio.exp()

@@ -46,19 +46,26 @@ class SACConfig:
     ensemble_size: int = 2
     layer_norm: bool = False
     backup_entropy: bool = True  # the −α·log π(a'|s') term in the critic target (RLPD turns it off)
+    init_std: float | None = None  # the actor's σ(s) at the start (None: e^-1.5 ≈ 0.22 from the log-σ squashing)
 
     def __post_init__(self):
         self.hidden_dims = tuple(self.hidden_dims)  # gamma and polyak are checked by the CriticConfig SAC builds
         if self.batch_size < 1 or self.init_alpha <= 0:
             raise ValueError("batch_size must be >= 1 and init_alpha > 0")
+        if self.init_std is not None and not math.exp(LOG_STD_MIN) < self.init_std < math.exp(LOG_STD_MAX):
+            raise ValueError(f"init_std must be in (e^{LOG_STD_MIN:g}, e^{LOG_STD_MAX:g}), got {self.init_std}")
 
 
 class GaussianActor(nn.Module):
     """``s -> (μ, log σ)``; actions ``tanh(μ + σ·ξ)`` with the change-of-variables log-density."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...]):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...], init_std: float | None = None):
         super().__init__()
         self.net = mlp(obs_dim, hidden_dims, 2 * act_dim, activation=nn.ReLU)
+        if init_std is not None:  # the log-σ head's bias that the squashing in forward() maps to log(init_std)
+            squashed = (math.log(init_std) - LOG_STD_MIN) / (0.5 * (LOG_STD_MAX - LOG_STD_MIN)) - 1
+            with torch.no_grad():
+                self.net[-1].bias[act_dim:] = math.atanh(squashed)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.net(obs).chunk(2, dim=-1)
@@ -89,7 +96,7 @@ class SAC:
         """``critic``: an existing critic to train (the fine-tuning harness's shared one); by default one
         built from ``config``."""
         self.config = config
-        self.actor = GaussianActor(obs_dim, act_dim, config.hidden_dims)
+        self.actor = GaussianActor(obs_dim, act_dim, config.hidden_dims, config.init_std)
         self.critic = critic or Critic(obs_dim, act_dim, CriticConfig(
             hidden_dims=config.hidden_dims, ensemble_size=config.ensemble_size, layer_norm=config.layer_norm,
             lr=config.critic_lr, gamma=config.gamma, polyak=config.polyak))
