@@ -92,3 +92,37 @@ def test_report_cli_without_results_says_what_it_expects(tmp_path):
     out = subprocess.run([sys.executable, "-m", "swfp.cli", "bench", "report", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "summary.json" in out.stderr
+
+
+def write_probe(root, name: str, tau: float, returns: dict[int, tuple[float, float]], seed: int = 0):
+    """A `swfp finetune` run directory as far as `bench compare` reads it: eval.csv and config.json."""
+    run = root / name
+    run.mkdir()
+    run.joinpath("eval.csv").write_text("step,wall_time,return_mean,det_return_mean\n" + "".join(
+        f"{s},0,{r},{d}\n" for s, (r, d) in returns.items()))
+    run.joinpath("config.json").write_text(json.dumps({
+        "algorithm": "swfp", "run": {"task": TASK, "seed": seed, "eval_every": 10},
+        "config": {"tau": tau, "alpha": 0.01, "critic": {"gamma": 0.99}}, "block_every": 5}))
+    return run
+
+
+def test_compare_lines_up_runs_at_shared_steps_and_names_what_differs(tmp_path):
+    default = write_probe(tmp_path, "default", 0.03, {0: (1, 2), 10: (3, 4), 20: (5, 6), 30: (7, 8)})
+    larger = write_probe(tmp_path, "larger", 0.1, {0: (1, 2), 10: (13, 14), 20: (15, 16)})  # stopped early
+    out = tmp_path / "cmp"
+    from swfp.report import compare_runs
+    rows = compare_runs({"default": default, "tau 0.1": larger}, out, last=2)
+    assert [r["step"] for r in rows[:-1]] == [0, 10, 20]  # the steps both runs reached
+    assert rows[-1]["default stochastic"] == 4.0 and rows[-1]["tau 0.1 deterministic"] == 15.0  # mean of the last 2
+    text = (out / "compare.md").read_text()
+    assert "`config.tau` = 0.1" in text and "`config.tau` = 0.03" in text and "alpha" not in text and "gamma" not in text
+    assert "| 20 | 5.0 (6.0) | 15.0 (16.0) |" in text
+    assert (out / "compare.png").is_file() and (out / "compare.csv").is_file()
+    assert json.loads((out / "meta.json").read_text())["kind"] == "bench-compare"
+
+    other_seed = write_probe(tmp_path, "seed1", 0.03, {5: (0, 0)}, seed=1)
+    with pytest.raises(ValueError, match="share no evaluation step"):
+        compare_runs({"default": default, "seed1": other_seed}, tmp_path / "none")
+    cli = subprocess.run([sys.executable, "-m", "swfp.cli", "bench", "compare", str(default), str(larger), "--labels",
+                          "a", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "one distinct label per run" in cli.stderr

@@ -376,6 +376,18 @@ def cmd_bench_report(args) -> int:
     return 0
 
 
+def cmd_bench_compare(args) -> int:
+    from swfp.report import compare_runs
+
+    labels = args.labels or [Path(run).name for run in args.runs]
+    if len(labels) != len(args.runs) or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels needs one distinct label per run ({len(args.runs)} runs), got {labels}; "
+                         "without --labels the run directories' names are used, so give labels when those repeat")
+    compare_runs(dict(zip(labels, map(Path, args.runs))), Path(args.out), args.last)
+    print((Path(args.out) / "compare.md").read_text())
+    return 0
+
+
 def _timing_arguments(p: argparse.ArgumentParser, repeats: int, out: str) -> None:
     """``--repeats``, ``--threads`` and ``--out`` of the timing benchmarks (compute, loop)."""
     p.add_argument("--repeats", type=_positive(int), default=repeats, help="timed calls per figure (median)")
@@ -521,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("report", help="aggregate a grid: IQM with bootstrap intervals, P(improvement), dips, plots")
     p.add_argument("results", help="the grid's directory (holding runs/<task>/<algo>/seed<s>/)")
     p.set_defaults(func=cmd_bench_report)
+    p = bench_sub.add_parser("compare", help="single runs side by side at shared env steps, with their config differences")
+    p.add_argument("runs", nargs="+", help="`swfp finetune` run directories (finished or not)")
+    p.add_argument("--labels", nargs="+", help="one per run (default: the directories' names)")
+    p.add_argument("--last", type=_positive(int), default=3, help="evaluations averaged in the summary row")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_bench_compare)
     p = bench_sub.add_parser("compute", help="update time/memory against K (SWFP block vs bptt); inference vs blocks")
     p.add_argument("--task", default="Hopper-v5", help="network sizes of this task")
     p.add_argument("--euler-steps", type=_positive(int), nargs="+", default=[4, 8, 16, 32, 64])

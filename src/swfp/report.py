@@ -17,6 +17,9 @@ not finished (a grid spread over sessions) are named below the tables with how f
 Reads ``RESULTS/runs/<task>/<algo>/seed<s>/{summary.json, eval.csv}`` (what ``swfp bench grid``
 writes); writes ``report.md``, ``report.csv``, ``report_trials.csv``, ``learning_curves.png``,
 ``final_iqm.png`` and ``sample_efficiency.png`` into ``RESULTS``.
+
+``swfp bench compare`` (:func:`compare_runs`) is the small sibling for probes of one setting: single
+runs, finished or not, side by side at the env steps they share, with what differs in their configs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from swfp.logger import read_csv, save_figure
-from swfp.runio import atomic_write_text
+from swfp.runio import atomic_write_text, read_json, write_run_metadata
 
 REFERENCE = "swfp"
 EARLY_FRACTION = 0.25
@@ -236,3 +239,78 @@ def write_report(results: Path) -> list[dict]:
     atomic_write_text(results / "report.md", markdown(rows, results) + "\n" + trial_markdown(per_trial) + note)
     plot(trials, rows, results)
     return rows
+
+
+def config_differences(configs: dict[str, dict]) -> dict[str, dict[str, object]]:
+    """``label -> {dotted.key: value}`` for the settings (algorithm, config and derived fields of each run's
+    ``config.json``; the seed too) whose values are not the same in every run."""
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    flattened = {label: dict(flat({k: v for k, v in c.items() if k != "run"} | {"seed": c.get("run", {}).get("seed")}))
+                 for label, c in configs.items()}
+    keys = sorted(set().union(*flattened.values()))
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flattened.values()}) > 1]
+    return {label: {k: f.get(k) for k in varying} for label, f in flattened.items()}
+
+
+def compare_runs(runs: dict[str, Path], out: Path, last: int = 3) -> list[dict]:
+    """Returns of single runs (``label -> run directory``) at the evaluation steps they all share, stochastic
+    and deterministic, and the mean of the ``last`` shared evaluations; a probe of one setting needs no
+    finished grid. Writes ``compare.md``, ``compare.csv``, ``compare.png`` and ``meta.json`` into ``out``."""
+    from swfp.bench import write_rows_csv
+
+    if len(runs) < 2:
+        raise ValueError(f"compare needs at least two runs, got {len(runs)}")
+    histories, configs = {}, {}
+    for label, run in runs.items():
+        if not (Path(run) / "eval.csv").is_file():
+            raise FileNotFoundError(f"{run} has no eval.csv: is it a `swfp finetune` run directory?")
+        histories[label] = {int(r["step"]): r for r in read_csv(Path(run) / "eval.csv")}
+        configs[label] = read_json(Path(run) / "config.json")
+    steps = sorted(set.intersection(*[set(h) for h in histories.values()]))
+    if not steps:
+        raise ValueError("the runs share no evaluation step; evaluate them on the same schedule (--eval-every)")
+    rows = [{"step": step, **{f"{label} {kind}": histories[label][step][f"{prefix}return_mean"]
+                              for label in runs for kind, prefix in (("stochastic", ""), ("deterministic", "det_"))}}
+            for step in steps]
+    tail = rows[-last:]
+    summary = {"step": f"mean of the last {len(tail)}", **{k: float(np.mean([r[k] for r in tail])) for k in rows[0] if k != "step"}}
+    out = Path(out)
+    write_run_metadata(out, {"runs": {label: str(run) for label, run in runs.items()}, "last": last}, seed=0,
+                       kind="bench-compare")
+    write_rows_csv(out / "compare.csv", rows + [summary])
+    differences = config_differences(configs)
+    lines = ["Runs compared, and the settings in which they differ:", ""]
+    lines += [f"- **{label}**: `{run}`" + ("; " + ", ".join(f"`{k}` = {json.dumps(v)}" for k, v in
+                                                              differences[label].items()) if differences[label] else "")
+              for label, run in runs.items()]
+    lines += ["", "Return at each evaluation the runs share, stochastic (deterministic):", "",
+              "| env steps | " + " | ".join(runs) + " |", "| ---: |" + " ---: |" * len(runs)]
+    for row in rows + [summary]:
+        step = f"{row['step']:,}" if isinstance(row["step"], int) else row["step"]
+        lines.append(f"| {step} | " + " | ".join(f"{row[f'{label} stochastic']:.1f} ({row[f'{label} deterministic']:.1f})"
+                                                 for label in runs) + " |")
+    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
+    plot_comparison(rows, list(runs), out / "compare.png")
+    return rows + [summary]
+
+
+def plot_comparison(rows: list[dict], labels: list[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows]
+    for ax, kind in zip(axes, ("stochastic", "deterministic")):
+        for label in labels:
+            ax.plot(steps, [r[f"{label} {kind}"] for r in rows], marker="o", markersize=3, label=label)
+        ax.set_title(f"{kind} return")
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
