@@ -204,3 +204,15 @@ def test_dsrl_noise_actor_starts_as_wide_as_the_flows_own_noise(bandit_bc):
     noise = dsrl.config.noise_bound * dsrl.sac.actor.sample(obs)[0]
     assert 0.75 < noise.std().item() < 1.15  # the flow's own noise has std 1
     assert GaussianActor(2, 2, (64, 64))(obs)[1].exp().mean().item() < 0.4  # SAC/RLPD/experts keep their start
+
+
+def test_optimizer_step_clips_the_global_gradient_norm():
+    """bptt's actor step and DIPO's flow re-fit clip their gradients' global norm (Diffusion-QL's and DIPO's
+    settings) through the one shared optimizer_step."""
+    from swfp.algorithms.base import optimizer_step
+    weights = [torch.zeros(3, requires_grad=True), torch.zeros(1, requires_grad=True)]
+    optimizer = torch.optim.SGD(weights, lr=1.0)
+    optimizer_step(optimizer, 100 * (weights[0].sum() + weights[1].sum()), max_grad_norm=2.0)
+    assert torch.cat([w.detach() for w in weights]).norm().item() == pytest.approx(2.0)  # |grad| 200 clipped to 2
+    optimizer_step(optimizer, 100 * weights[1].sum())  # no clip: the full step
+    assert weights[1].item() == pytest.approx(-1.0 - 100.0)

@@ -264,9 +264,12 @@ class OffPolicyLearner(FineTuner):
         self.replay.online.load_state_dict({k: v.numpy() for k, v in state["online"].items()})
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
+    """One step on ``loss``; with ``max_grad_norm``, the global norm of the optimiser's gradients clipped first."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
     optimizer.step()
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from swfp.algorithms.base import OffPolicyConfig, OffPolicyLearner
+from swfp.algorithms.base import OffPolicyConfig, OffPolicyLearner, optimizer_step
 from swfp.buffer import Batch
 
 
@@ -73,10 +73,7 @@ class BPTT(OffPolicyLearner):
     def actor_update(self, batch: Batch) -> dict[str, float]:
         """One clipped Adam step of the flow on :meth:`actor_loss` (what ``swfp bench compute`` times against K)."""
         loss, metrics = self.actor_loss(batch)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.config.grad_clip)
-        self.actor_optimizer.step()
+        optimizer_step(self.actor_optimizer, loss, self.config.grad_clip)
         return metrics
 
     def update(self, batch: Batch) -> dict[str, float]:

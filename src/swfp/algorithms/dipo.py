@@ -13,7 +13,8 @@ K-step flow moves toward the improved actions without any gradient through its c
 from ``agent/DiPo.py`` and the README of ``BellmanTimeHut/DIPO``: Adam on the actions with lr 0.03
 (eps 1e-5), 20 action-gradient steps, the gradient's global norm over the batch clipped to
 ``ratio × dim(A)`` (ratio 0.3 for Hopper, 0.08 for Walker2d; we use 0.3), actions clamped to the box
-after every step, policy lr 3e-4, batch 256, one update per environment step.
+after every step, policy lr 3e-4 with its gradient norm clipped at 1 (their ``ac_grad_norm``, 1 for
+Hopper and 2 for Walker2d; we use 1), batch 256, one update per environment step.
 
 **Adapted:** the action memory starts with the demonstrations (DIPO starts from scratch, after 10k
 random steps) and the flow starts pre-trained; the critic is the harness's (DIPO samples its target
@@ -37,11 +38,14 @@ class DIPOConfig(OffPolicyConfig):
     action_steps: int = 20
     action_grad_ratio: float = 0.3    # global gradient-norm clip = ratio × dim(A)
     flow_lr: float = 3e-4
+    flow_grad_clip: float = 1.0       # global gradient-norm clip of the flow's re-fit (DIPO's ac_grad_norm)
 
     def __post_init__(self):
         super().__post_init__()
-        if not (self.action_lr > 0 and self.action_steps >= 1 and self.action_grad_ratio > 0 and self.flow_lr > 0):
-            raise ValueError("need action_lr > 0, action_steps >= 1, action_grad_ratio > 0 and flow_lr > 0")
+        if not (self.action_lr > 0 and self.action_steps >= 1 and self.action_grad_ratio > 0 and self.flow_lr > 0
+                and self.flow_grad_clip > 0):
+            raise ValueError("need action_lr > 0, action_steps >= 1, action_grad_ratio > 0, flow_lr > 0 and "
+                             "flow_grad_clip > 0")
 
 
 class DIPO(OffPolicyLearner):
@@ -90,7 +94,7 @@ class DIPO(OffPolicyLearner):
         improved = self.improve_actions(obs, before)
         self.memory.actions[idx] = improved.numpy()
         flow_loss = self.flow.flow_matching_loss(obs, improved)
-        optimizer_step(self.flow_optimizer, flow_loss)
+        optimizer_step(self.flow_optimizer, flow_loss, self.config.flow_grad_clip)
         return {**metrics, "flow_loss": flow_loss.item(),
                 "action_move": (improved - before).norm(dim=-1).mean().item()}
 
