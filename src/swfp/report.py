@@ -278,7 +278,8 @@ def compare_runs(runs: dict[str, Path], out: Path, last: int = 3) -> list[dict]:
                               for label in runs for kind, prefix in (("stochastic", ""), ("deterministic", "det_"))}}
             for step in steps]
     tail = rows[-last:]
-    summary = {"step": f"mean of the last {len(tail)}", **{k: float(np.mean([r[k] for r in tail])) for k in rows[0] if k != "step"}}
+    summary = {"step": f"mean of the last {len(tail)}",
+               **{k: float(np.mean([r[k] for r in tail])) for k in rows[0] if k != "step"}}
     out = Path(out)
     write_run_metadata(out, {"runs": {label: str(run) for label, run in runs.items()}, "last": last}, seed=0,
                        kind="bench-compare")

@@ -12,9 +12,10 @@ distillation α = 10 on the raw Q (their defaults ``alpha=10``, ``normalize_q_lo
 for each environment", 3 to 300 in their tables). ``normalize_q=True`` divides the Q term by
 ``stop_grad(E|Q|)``, the variant their README recommends when sweeping α over 0.03 … 10, which makes
 α scale-free: the raw default is far less BC-bound where |Q| is in the hundreds (α = 10 on Q ≈ 300 is
-α ≈ 0.03 normalised). Q on the one-step action clipped to the box, the critic target's ``a'`` from the one-step policy, lr 3e-4, batch 256,
-one update per environment step online, the flow keeps its BC loss on the replay. Their networks
-are 4×512; ours are the pre-trained flow's and a 3×256 one-step policy.
+α ≈ 0.03 normalised). Q on the one-step action clipped to the box, the critic target's ``a'`` from
+the one-step policy, lr 3e-4, batch 256, one update per environment step online, the flow keeps
+its BC loss on the replay. Their networks are 4×512; ours are the pre-trained flow's and a 3×256
+one-step policy.
 
 **Adapted:** FQL trains both policies offline for 1M steps before going online; here the flow is
 pre-trained, and the one-step policy (random at first) and the critic are trained together on the
