@@ -110,3 +110,11 @@ def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="results block"):
         update_readme(readme, results)
+
+
+def test_readme_quotes_the_commands_it_names():
+    """A command is shown as it can be typed again: an argument with a space keeps its quotes."""
+    from swfp.readme import _invocation
+    meta = {"command": ["/usr/bin/swfp", "bench", "compare", "a", "b", "--labels", "default", "tau 0.1"],
+            "git_commit": "c" * 40}
+    assert _invocation(meta) == "`swfp bench compare a b --labels default 'tau 0.1'` (commit `cccccccccccc`)"
