@@ -28,6 +28,16 @@ class QEnsemble(nn.Module):
     ``forward`` returns ``(E, B)``. Clipped double Q (Fujimoto et al., 2018) takes the minimum
     over the ensemble for targets; ``E = 2`` is the TD3/SAC default, larger ensembles with a
     random subset min are REDQ/RLPD's choice.
+
+    Actions are clipped to the box ``[-1, 1]^d`` before the networks see them, so
+    ``Q(s, a) = Q(s, clip(a))``: exactly what the environment executes (:mod:`swfp.envs` clips at
+    execution). A flow's samples are unbounded (clipping inside the chain would break its exact
+    density) and about a tenth of a BC flow's action components fall outside the box on our tasks, so
+    an unclipped critic is asked for values it has no data for, and with target actions drawn from
+    the policy it bootstraps its own extrapolation: SWFP on Walker2d-v5, seed 2, diverged that way
+    (mean Q 60 → 5·10⁷ between 210k and 285k env steps). FQL clips the same way before its critic.
+    Out of the box the gradient in those components is zero, so an actor or a block is not pushed
+    further out.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...] = (256, 256),
@@ -39,7 +49,7 @@ class QEnsemble(nn.Module):
         self.net = ensemble_mlp(ensemble_size, obs_dim + act_dim, hidden_dims, 1, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, actions], dim=-1)
+        x = torch.cat([obs, actions.clamp(-1.0, 1.0)], dim=-1)
         x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
         return self.net(x).squeeze(-1)
 
