@@ -34,8 +34,9 @@ class QEnsemble(nn.Module):
     execution). A flow's samples are unbounded (clipping inside the chain would break its exact
     density) and about a tenth of a BC flow's action components fall outside the box on our tasks, so
     an unclipped critic is asked for values it has no data for, and with target actions drawn from
-    the policy it bootstraps its own extrapolation: SWFP on Walker2d-v5, seed 2, diverged that way
-    (mean Q 60 → 5·10⁷ between 210k and 285k env steps). FQL clips the same way before its critic.
+    the policy it bootstraps its own extrapolation, the likely cause of SWFP's divergence on
+    Walker2d-v5, seed 2 (mean Q 60 → 5·10⁷ between 210k and 285k env steps; not proven). FQL clips
+    the same way before its critic.
     Out of the box the gradient in those components is zero, so an actor or a block is not pushed
     further out.
     """
