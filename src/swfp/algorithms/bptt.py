@@ -65,8 +65,7 @@ class BPTT(OffPolicyLearner):
         """The BC + normalised-Q loss, with the action differentiated through the whole chain."""
         obs = batch.observations
         bc = self.flow.flow_matching_loss(obs, batch.actions)
-        actions = self.flow.sample(obs)[0].clamp(-1.0, 1.0)
-        q_term = q_loss(self.critic.value(obs, actions))
+        q_term = q_loss(self.critic.value(obs, self.flow.sample(obs)[0]))  # the critic clips to the box
         return self.config.bc_weight * bc + self.config.q_weight * q_term, {"bc_loss": bc.item(),
                                                                             "q_loss": q_term.item()}
 

@@ -95,7 +95,7 @@ class FQL(OffPolicyLearner):
             target = self.flow.sample(obs, noise=noise)[0]
         actions = self.one_step(obs, noise)
         distill = (actions - target).pow(2).mean()
-        q = self.critic.value(obs, actions.clamp(-1.0, 1.0))
+        q = self.critic.value(obs, actions)  # the critic clips to the box
         q_term = q_loss(q) if self.config.normalize_q else -q.mean()
         optimizer_step(self.actor_optimizer, q_term + self.config.distill_weight * distill)
         return {**metrics, "flow_loss": flow_loss.item(), "distill_loss": distill.item(), "q_loss": q_term.item()}
