@@ -124,21 +124,53 @@ def refine(cascade: Cascade, train_states: torch.Tensor, heldout_states: torch.T
 
 def compact(cascade: Cascade, obs: torch.Tensor, steps: int, batch_size: int, lr: float,
             generator: torch.Generator | None = None) -> FlowPolicy:
-    """Distil base + blocks into one new base flow: flow matching on ``(s, a ~ π_n(·|s))``, ``s`` from ``obs``.
+    """Distil base + blocks into one new base flow, by flow matching along the cascade's own paths.
 
     Why: every block adds its M sub-steps to each action's inference cost (and the exact
     log-density one Jacobian per sub-step), so a cascade that keeps growing would make acting ever
     slower. Capping its length at ``N_max`` and compacting keeps inference at the base's K steps.
-    Warm-started from a deep copy of the old base, which already maps the noise close to ``π_n``
-    (the blocks are small moves), so few steps suffice; every step draws fresh cascade samples
-    (no finite dataset to over-fit). The distilled flow matches ``π_n`` as a distribution only (the
-    noise-to-action coupling changes), and flow matching is not exact: the online loop must show
-    that compaction does not lose return. The caller builds ``Cascade(new_base)`` (no blocks).
+
+    How: for a state ``s`` and noise ``x_0``, the old base's Euler chain visits ``x_0, …, x_K`` with
+    velocities ``v_k = v_old(s, x_k, t_k)``, and the blocks then move ``x_K`` to the cascade's action
+    ``a = x_K + δ``. Shifting the chain by ``t_k·δ`` gives another K-step Euler chain from the same
+    ``x_0`` to ``a``:
+
+        x'_k = x_k + t_k·δ,    x'_{k+1} = x'_k + h·(v_k + δ),    x'_K = a.
+
+    The new base (a warm-started copy of the old one, which already has the right paths up to δ)
+    regresses its velocity onto that chain at a uniformly drawn step ``k``, fresh ``(s, x_0)`` each
+    gradient step:
+
+        L = E_{s, x_0, k} ‖v_new(s, x'_k, t_k) − (v_k + δ)‖².
+
+    At ``L = 0`` the new sampler maps every noise to exactly the cascade's action, so the
+    noise-to-action coupling is kept (the deterministic ``x_0 = 0`` action included), not only the
+    distribution. Plain flow matching on ``(s, a ~ π_n)`` pairs with independent noise, our first
+    version, fits the distribution only, through a far noisier regression target: on a Walker2d-v5
+    cascade of 7 blocks (seed 2 at 76k env steps, whose blocks moved actions by 0.064 on average,
+    same noise) its compacted flow ended 0.127 away from the cascade's actions, i.e. it undid the
+    blocks; this one ends 0.007 away (seed 0: 0.010 against a move of 0.060) at the same cost
+    (2000 steps, lr 1e-4, batch 256). The caller builds ``Cascade(new_base)`` (no blocks).
     """
-    base = copy.deepcopy(cascade.base).requires_grad_(True).train()
+    old, h = cascade.base, cascade.base.step_size
+    base = copy.deepcopy(old).requires_grad_(True).train()
     optimizer = torch.optim.Adam(base.parameters(), lr=lr)
+    rows = torch.arange(batch_size, device=obs.device)
+    times = torch.tensor([k * h for k in range(old.num_steps)], dtype=obs.dtype, device=obs.device)  # as the sampler's
     for _ in range(steps):
-        loss = base.flow_matching_loss(*draw_pool(cascade, obs, generator, batch_size))
+        with torch.no_grad():
+            s = obs[torch.randint(len(obs), (batch_size,), generator=generator, device=obs.device)]
+            noise = torch.randn(batch_size, cascade.act_dim, generator=generator, dtype=obs.dtype, device=obs.device)
+            points, velocities = old.euler_path(s, noise)
+            action = end = points[-1] + h * velocities[-1]
+            for block in cascade.blocks:
+                action = block(s, action)
+            delta = action - end
+            k = torch.randint(old.num_steps, (batch_size,), generator=generator, device=obs.device)
+            t = times[k]
+            x_shifted = points[k, rows] + t[:, None] * delta
+            target = velocities[k, rows] + delta
+        loss = (base.velocity(s, x_shifted, t) - target).pow(2).sum(-1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -242,6 +242,17 @@ class FlowPolicy(nn.Module):
         """``T_k(x) = x + h·v_θ(s, x, t_k)``, ``t_k = k·h``."""
         return x + self.step_size * self.velocity(obs, x, self._time(x, k))
 
+    def euler_path(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points ``x_k`` ``(K, B, D)`` the sampler visits from ``x_0 = noise`` (its action ``x_K`` excluded)
+        and the velocities ``v_θ(s, x_k, t_k)`` ``(K, B, D)`` it steps with: ``x_{k+1} = x_k + h·v_k``."""
+        points, velocities, x = [], [], noise
+        for k in range(self.num_steps):
+            v = self.velocity(obs, x, self._time(x, k))
+            points.append(x)
+            velocities.append(v)
+            x = x + self.step_size * v
+        return torch.stack(points), torch.stack(velocities)
+
     def _velocity_and_jacobian(self, obs: torch.Tensor, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``v_θ(s, x, t_k)`` and ``∂_x v`` of this flow's velocity field at step ``k``."""
         return field_and_jacobian(self.velocity, obs, x, self._time(x, k))
