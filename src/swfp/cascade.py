@@ -65,13 +65,18 @@ class Cascade(nn.Module):
         block's log-det.
         """
         actions, log_prob = self.base.sample(obs, noise=noise, deterministic=deterministic, with_log_prob=with_log_prob)
+        if not with_log_prob:
+            return self.apply_blocks(obs, actions), None
         for block in self.blocks:
-            if with_log_prob:
-                actions, log_det = block.forward_log_det(obs, actions)
-                log_prob = log_prob - log_det
-            else:
-                actions = block(obs, actions)
+            actions, log_det = block.forward_log_det(obs, actions)
+            log_prob = log_prob - log_det
         return actions, log_prob
+
+    def apply_blocks(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``T_n ∘ … ∘ T_1`` applied to base actions ``a_0``: the cascade's actions."""
+        for block in self.blocks:
+            actions = block(obs, actions)
+        return actions
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, max_iters: int = 200, tol: float = 1e-5) -> torch.Tensor:
         """Exact ``log π_n(a|s)`` ``(B,)`` of arbitrary actions: undo the blocks in reverse, then the base flow's
@@ -162,10 +167,8 @@ def compact(cascade: Cascade, obs: torch.Tensor, steps: int, batch_size: int, lr
             s = obs[torch.randint(len(obs), (batch_size,), generator=generator, device=obs.device)]
             noise = torch.randn(batch_size, cascade.act_dim, generator=generator, dtype=obs.dtype, device=obs.device)
             points, velocities = old.euler_path(s, noise)
-            action = end = points[-1] + h * velocities[-1]
-            for block in cascade.blocks:
-                action = block(s, action)
-            delta = action - end
+            end = points[-1] + h * velocities[-1]
+            delta = cascade.apply_blocks(s, end) - end
             k = torch.randint(old.num_steps, (batch_size,), generator=generator, device=obs.device)
             t = times[k]
             x_shifted = points[k, rows] + t[:, None] * delta
