@@ -99,7 +99,7 @@ def test_bad_input_gets_a_clear_error(args, message, tmp_path):
 
 @pytest.mark.parametrize("command", [["expert"], ["demos"], ["pretrain"], ["eval"], ["quickstart"], ["algos"],
                                      ["finetune"], ["bench", "envs"], ["bench", "bc"], ["bench", "critic"],
-                                     ["bench", "grid"], ["bench", "report"]])
+                                     ["bench", "grid"], ["bench", "report"], ["bench", "compaction"]])
 def test_every_subcommand_has_help(command, capsys):
     from swfp.cli import main
 

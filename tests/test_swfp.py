@@ -79,7 +79,8 @@ def test_killed_run_resumes_without_gap_or_duplicate(bandit_bc, tmp_path):
 def test_stopped_run_checkpoints_where_it_stopped_and_resumes(bandit_bc, tmp_path):
     """SIGTERM (a cluster's pre-emption, ``bench grid --stop-after``) lets the env step finish,
     checkpoints that step (not the last periodic one: there is none before the end here) and exits
-    with 143 naming it; the resumed run repeats nothing, and its wall time covers both sessions."""
+    with 143 naming it, its policy of that step saved; the resumed run repeats nothing, and its wall
+    time covers both sessions."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "swfp.cli", "finetune", str(bandit_bc / "bc"), "--env-steps", "3200",
             "--eval-every", "400", "--checkpoint-every", "3200", "--out", str(out), *FAST]
@@ -96,6 +97,10 @@ def test_stopped_run_checkpoints_where_it_stopped_and_resumes(bandit_bc, tmp_pat
     assert 400 <= stopped["env_step"] < 3200 and f"at env step {stopped['env_step']} of 3200" in stderr
     assert "--resume" in stderr and not (out / "summary.json").exists()
     assert int(read_csv(out / "eval.csv")[-1]["step"]) <= stopped["env_step"]
+    # The policy of that moment is saved beside the checkpoint: an unfinished run can be evaluated.
+    saved = swfp.load(out).cascade
+    assert saved.num_blocks == len(stopped["learner"]["blocks"])
+    assert all(torch.equal(v, stopped["learner"]["base"][k]) for k, v in saved.base.state_dict().items())
 
     resumed = subprocess.run(args[:5] + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

@@ -4,7 +4,8 @@
 vector environments, the measurement behind :func:`swfp.envs.make_vector_env` being synchronous. ``swfp bench bc``
 pre-trains flow policies on the medium demonstrations of each task over several seeds and
 tabulates their return against the dataset's. ``swfp bench critic`` times SWFP's critic update
-with and without the exact entropy term in its target.
+with and without the exact entropy term in its target. ``swfp bench compaction`` measures whether
+compacting a run's cascade keeps its actions and its return.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from swfp.envs import make_env, task_spec
-from swfp.runio import atomic_write_text, write_run_metadata
+from swfp.runio import atomic_write_json, atomic_write_text, write_run_metadata
 
 
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
@@ -166,3 +167,93 @@ def bench_critic_entropy(tasks: list[str], repeats: int, out: Path) -> list[dict
               for r in rows]
     atomic_write_text(out / "critic_entropy.md", "\n".join(lines) + "\n")
     return rows
+
+
+def paired_change(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """Mean of ``after − before`` over paired episodes and the half-width of its 95 % interval
+    (normal approximation, ``1.96·sd/√n``)."""
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else float("nan")
+    return float(diff.mean()), float(half)
+
+
+def bench_compaction(run: Path, episodes: int, state_episodes: int, steps: int, seed: int, out: Path) -> dict:
+    """Does compaction keep the policy? A cascade and its compacted flow, measured side by side.
+
+    The policy of ``run`` (a SWFP run directory, finished or checkpointed, whose cascade holds blocks)
+    is distilled by :func:`swfp.cascade.compact` with SWFP's settings (``steps`` at batch 256, lr 1e-4)
+    on the states it visits in ``state_episodes`` stochastic episodes (env seeds ``seed + 2_000_000 + i``):
+    the online part of SWFP's replay is such states. Then:
+
+    * **returns, paired**: both policies on the same ``episodes`` env seeds (``seed + i``) with the same
+      torch seed, so the two evaluations share their start states and, until the trajectories part,
+      their policy noise; the change is the mean per-episode difference with a 95 % interval, for the
+      stochastic and the deterministic (``x0 = 0``) policy;
+    * **actions, same noise**: on the states the cascade visited in that stochastic evaluation (not
+      fitted on), the blocks' move ``E‖π_n(s, x0) − π_base(s, x0)‖`` against the compaction's error
+      ``E‖π_compacted(s, x0) − π_n(s, x0)‖``.
+
+    Writes ``compaction.json`` (every figure and per-episode return) and ``compaction.md``.
+    """
+    import torch
+
+    from swfp.cascade import Cascade, compact
+    from swfp.evaluate import evaluate
+    from swfp.policy import Policy
+
+    policy = Policy.load(Path(run))
+    cascade = policy.cascade
+    if cascade.num_blocks == 0:
+        raise ValueError(f"the policy in {run} has no blocks, so there is nothing to compact; pass a SWFP run "
+                         "directory whose policy.json lists blocks (a run saves its policy at every checkpoint)")
+
+    def play(acting: Policy, deterministic: bool, env_seed: int, count: int) -> tuple[np.ndarray, torch.Tensor]:
+        """Returns of ``count`` episodes and the (normalised) states they visited."""
+        visited = []
+
+        def act(obs):
+            visited.append(obs.copy())
+            return acting.normalized_actions(obs, deterministic)
+        torch.manual_seed(seed)
+        result = evaluate(act, policy.task_id, count, env_seed, acting.action_chunk)
+        return result.returns, policy.normalize_obs(np.concatenate(visited))
+
+    _, fit_states = play(policy, False, seed + 2_000_000, state_episodes)
+    start = time.perf_counter()
+    new_base = compact(cascade, fit_states, steps, generator=torch.Generator().manual_seed(seed))
+    seconds = time.perf_counter() - start
+    compacted = Policy(Cascade(new_base), policy.task_id, policy.obs_mean.numpy(), policy.obs_std.numpy(),
+                       policy.action_low, policy.action_high, policy.action_chunk)
+
+    result = {"run": str(run), "task": policy.task_id, "blocks": cascade.num_blocks, "compaction_steps": steps,
+              "fit_states": len(fit_states), "compaction_seconds": seconds, "episodes": episodes}
+    paired = {label: (play(policy, deterministic, seed, episodes), play(compacted, deterministic, seed, episodes)[0])
+              for label, deterministic in (("stochastic", False), ("deterministic", True))}
+    heldout = paired["stochastic"][0][1]
+    noise = torch.randn(len(heldout), cascade.act_dim, generator=torch.Generator().manual_seed(seed + 1))
+    for label, ((before, _), after) in paired.items():
+        change, half = paired_change(before, after)
+        x0 = noise if label == "stochastic" else torch.zeros_like(noise)
+        with torch.no_grad():
+            target = cascade.sample(heldout, noise=x0)[0]
+            move = (target - cascade.base.sample(heldout, noise=x0)[0]).norm(dim=-1).mean().item()
+            error = (compacted.cascade.sample(heldout, noise=x0)[0] - target).norm(dim=-1).mean().item()
+        result[label] = {"return_cascade": float(before.mean()), "return_compacted": float(after.mean()),
+                         "change": change, "change_ci95": half, "blocks_move": move, "compaction_error": error,
+                         "returns_cascade": before.tolist(), "returns_compacted": after.tolist()}
+    result["heldout_states"] = len(heldout)
+
+    out = Path(out)
+    write_run_metadata(out, {"run": str(run), "episodes": episodes, "state_episodes": state_episodes,
+                             "compaction_steps": steps, "seed": seed}, seed=seed, kind="bench-compaction")
+    atomic_write_json(out / "compaction.json", result)
+    lines = [f"Compaction of `{run}` ({policy.task_id}, {cascade.num_blocks} blocks): {steps} steps on "
+             f"{len(fit_states)} visited states, {seconds:.0f} s; returns paired over {episodes} episodes "
+             f"(same env seeds and torch seed), actions on {len(heldout)} held-out visited states (same noise)", "",
+             "| policy | return: cascade | compacted | change [95 % CI] | blocks' move | compaction error |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {label} | {r['return_cascade']:.1f} | {r['return_compacted']:.1f} | {r['change']:+.1f} ± "
+              f"{r['change_ci95']:.1f} | {r['blocks_move']:.4f} | {r['compaction_error']:.4f} |"
+              for label, r in ((label, result[label]) for label in ("stochastic", "deterministic"))]
+    atomic_write_text(out / "compaction.md", "\n".join(lines) + "\n")
+    return result

@@ -127,7 +127,7 @@ def refine(cascade: Cascade, train_states: torch.Tensor, heldout_states: torch.T
                                             config.alpha)}
 
 
-def compact(cascade: Cascade, obs: torch.Tensor, steps: int, batch_size: int, lr: float,
+def compact(cascade: Cascade, obs: torch.Tensor, steps: int, batch_size: int = 256, lr: float = 1e-4,
             generator: torch.Generator | None = None) -> FlowPolicy:
     """Distil base + blocks into one new base flow, by flow matching along the cascade's own paths.
 

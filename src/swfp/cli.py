@@ -292,6 +292,14 @@ def cmd_bench_critic(args) -> int:
     return 0
 
 
+def cmd_bench_compaction(args) -> int:
+    from swfp.bench import bench_compaction
+
+    bench_compaction(Path(args.run), args.episodes, args.state_episodes, args.steps, args.seed, Path(args.out))
+    print((Path(args.out) / "compaction.md").read_text())
+    return 0
+
+
 def cmd_bench_compute(args) -> int:
     from swfp.compute import ComputeConfig, bench_compute
 
@@ -564,6 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive(int), default=30)
     p.add_argument("--out", default="benchmarks/results/critic")
     p.set_defaults(func=cmd_bench_critic)
+    p = bench_sub.add_parser("compaction", help="a SWFP run's cascade vs its compacted flow: paired returns, actions")
+    p.add_argument("run", help="a SWFP run directory (finished or checkpointed) whose policy holds blocks")
+    p.add_argument("--episodes", type=_positive(int), default=40, help="paired evaluation episodes per policy")
+    p.add_argument("--state-episodes", type=_positive(int), default=10,
+                   help="stochastic episodes of the cascade whose states the compaction is fitted on")
+    p.add_argument("--steps", type=_positive(int), default=2000, help="compaction steps (SWFP's compaction_steps)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_bench_compaction)
     return parser
 
 

@@ -200,9 +200,12 @@ def stop_requests():
 
 
 def save_checkpoint(out: Path, learner: Learner, env_step: int, clock: PhaseClock) -> None:
+    """The training state (``checkpoint.pt``, what ``--resume`` reads) and the policy of this moment, so an
+    unfinished run's latest policy can be evaluated or measured (``swfp eval``, ``swfp bench compaction``)."""
     state = {"env_step": env_step, "learner": learner.state_dict(), "torch_rng": torch.get_rng_state(),
              "algorithm": learner.name, "phase_seconds": dict(clock.seconds)}
     atomic_write(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+    learner.policy().save(out)
 
 
 def load_checkpoint(out: Path, learner: Learner) -> tuple[int, dict[str, float]]:
@@ -302,7 +305,6 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
     save_checkpoint(out, learner, env_step, clock)
     if env_step < config.total_env_steps:
         raise RunStopped(stop[0], env_step, config, out)
-    learner.policy().save(out)
     history = read_csv(out / "eval.csv")
     before_return, final = history[0]["return_mean"], history[-1]
     summary = {"algorithm": learner.name, "task": config.task, "env_steps": env_step,

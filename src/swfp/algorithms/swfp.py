@@ -204,8 +204,8 @@ class SWFP(OffPolicyLearner):
     def compact(self) -> dict[str, float]:
         """Distil the cascade into a new base flow; measure the return just before and after."""
         before = self.evaluate_return(self._policy) if self.evaluate_return else float("nan")
-        new_base = compact(self._policy.cascade, self.sample_states(4096), self.config.compaction_steps, 256, 1e-4,
-                           torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+        new_base = compact(self._policy.cascade, self.sample_states(4096), self.config.compaction_steps,
+                           generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
         self._policy.cascade = Cascade(new_base)
         after = self.evaluate_return(self._policy) if self.evaluate_return else float("nan")
         self.counts["compactions"] += 1
