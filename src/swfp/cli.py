@@ -574,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_critic)
     p = bench_sub.add_parser("compaction", help="a SWFP run's cascade vs its compacted flow: paired returns, actions")
     p.add_argument("run", help="a SWFP run directory (finished or checkpointed) whose policy holds blocks")
-    p.add_argument("--episodes", type=_positive(int), default=40, help="paired evaluation episodes per policy")
-    p.add_argument("--state-episodes", type=_positive(int), default=10,
+    p.add_argument("--episodes", type=_positive(int), default=100, help="paired evaluation episodes per policy")
+    p.add_argument("--state-episodes", type=_positive(int), default=40,
                    help="stochastic episodes of the cascade whose states the compaction is fitted on")
     p.add_argument("--steps", type=_positive(int), default=2000, help="compaction steps (SWFP's compaction_steps)")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
