@@ -92,6 +92,10 @@ def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
     (results / "grid" / "grid.json").write_text(json.dumps(
         {"command": ["swfp", "bench", "grid", "--seeds", "1"], "git_commit": "b" * 40, "earlier_invocations": [first]}))
     (results / "grid" / "report.md").write_text("| method | IQM |\n| --- | ---: |\n| swfp | 1.0 |\n")
+    for member in ("Hopper-seed0", "Hopper-seed1"):  # a group of measurements, one per run: a subsection each
+        (results / "group" / member).mkdir(parents=True)
+        (results / "group" / member / "meta.json").write_text(json.dumps({"command": ["swfp", "bench", member]}))
+        (results / "group" / member / "m.md").write_text(f"figure of {member}\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# Project\n\nintro\n\n{BEGIN}\nstale figures\n{END}\n\n## After\n")
     update_readme(readme, results)
@@ -105,6 +109,8 @@ def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
     assert "![compute_updates](benchmarks/results/compute/compute_updates.png)" in text
     assert "### A curated sweep\n" in text and "Tau 0.03 won." in text and "\n#### Curves\n" in text
     assert "![curve](benchmarks/results/sweep/run/curve.png) and [paper](https://arxiv.org)" in text
+    assert "### group\n\n#### Hopper-seed0\n\nMade by `swfp bench Hopper-seed0`" in text
+    assert text.index("figure of Hopper-seed0") < text.index("#### Hopper-seed1") < text.index("figure of Hopper-seed1")
     update_readme(readme, results)
     assert readme.read_text() == text  # idempotent
     readme.write_text("# no markers\n")
