@@ -71,8 +71,10 @@ def test_killed_run_resumes_without_gap_or_duplicate(bandit_bc, tmp_path):
     kill_after_first_checkpoint(args, out)
     resumed = subprocess.run(args[:5] + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    steps = [int(r["step"]) for r in read_csv(out / "eval.csv")]
-    assert steps == list(range(0, 1601, 200))  # every evaluation once, none missing
+    rows = read_csv(out / "eval.csv")
+    assert [int(r["step"]) for r in rows] == list(range(0, 1601, 200))  # every evaluation once, none missing
+    wall = [r["wall_time"] for r in rows]
+    assert wall == sorted(wall), f"wall_time restarted at the resume: {wall}"
     assert json.loads((out / "summary.json").read_text())["env_steps"] == 1600
 
 

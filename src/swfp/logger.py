@@ -15,10 +15,13 @@ from swfp.runio import atomic_write, atomic_write_text
 
 
 class MetricLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    """``wall_time`` of each row counts from the run's start: a resumed run passes the seconds its
+    earlier sessions spent as ``elapsed``, so the column keeps rising across sessions."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, elapsed: float = 0.0):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.start = time.time()
+        self.start = time.time() - elapsed
         self._headers: dict[str, list[str]] = {}
         self._writer = None
         if tensorboard:

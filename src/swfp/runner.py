@@ -262,7 +262,7 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
     else:
         env_step, phase_seconds = 0, {}
         write_run_metadata(out, run_config or {"run": config}, config.seed, kind=f"finetune-{learner.name}")
-    logger = MetricLogger(out)
+    logger = MetricLogger(out, elapsed=sum(phase_seconds.values()))
     venv = make_vector_env(config.task, config.num_envs, seed=config.seed + env_step)
     obs, _ = venv.reset(seed=config.seed + env_step)
     if not resume:
