@@ -88,6 +88,18 @@ def test_report_names_the_trials_that_have_not_finished(results):
             f"runs/{TASK}/swfp/seed9 (last evaluation at env step 600).") in report
 
 
+def test_a_single_seed_gets_no_bootstrap_interval(results):
+    write_trial(results, "lonely", 0, before=-5.0, after=12.0)
+    rows = {r["algorithm"]: r for r in write_report(results)}
+    lonely = rows["lonely"]
+    assert lonely["iqm_after"] == pytest.approx(12.0) and np.isnan(lonely["iqm_low"]) and np.isnan(lonely["iqm_high"])
+    # swfp finals {0, 10, 20, 30} vs 12: 2 of 4 above -> P = 0.5, but one seed of the other has no interval
+    assert lonely["p_swfp_better"] == pytest.approx(0.5) and np.isnan(lonely["p_low"])
+    assert "| Hopper-v5 | lonely | 1 | -5.0 | 12.0 | 12.0 [— 1 seed] | 0.50 [— 1 seed] |" in \
+        (results / "report.md").read_text()
+    assert not np.isnan(rows["swfp"]["iqm_low"])
+
+
 def test_report_cli_without_results_says_what_it_expects(tmp_path):
     out = subprocess.run([sys.executable, "-m", "swfp.cli", "bench", "report", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)

@@ -102,6 +102,9 @@ def aggregate(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
         finals = {a: np.array([[tr["return_after"]] for tr in trials[task, a]]) for a in methods}
         iqm, interval = iqm_interval(finals)
         for algo in methods:
+            # one seed has no spread to resample: its bootstrap interval would be a point, so none is given
+            if len(finals[algo]) < 2:
+                interval[algo] = (float("nan"), float("nan"))
             runs = trials[task, algo]
             row = {"task": task, "algorithm": algo, "seeds": len(runs),
                    "return_before": float(np.mean([r["return_before"] for r in runs])),
@@ -113,6 +116,8 @@ def aggregate(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
             if REFERENCE in finals and algo != REFERENCE:
                 row["p_swfp_better"], row["p_low"], row["p_high"] = improvement_probability(finals[REFERENCE],
                                                                                             finals[algo])
+                if min(len(finals[REFERENCE]), len(finals[algo])) < 2:
+                    row["p_low"] = row["p_high"] = float("nan")
             rows.append(row)
     return rows
 
@@ -163,10 +168,13 @@ def markdown(rows: list[dict], results: Path) -> str:
              "| task | method | seeds | before | after (mean) | after IQM [95 % CI] | P(swfp > method) [95 % CI] | "
              "early dip | wall h/run |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    def bracket(low: float, high: float, digits: int) -> str:
+        return "[— 1 seed]" if np.isnan(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
     for r in rows:
-        p = "—" if np.isnan(r["p_swfp_better"]) else f"{r['p_swfp_better']:.2f} [{r['p_low']:.2f}, {r['p_high']:.2f}]"
+        p = "—" if np.isnan(r["p_swfp_better"]) else f"{r['p_swfp_better']:.2f} {bracket(r['p_low'], r['p_high'], 2)}"
         lines.append(f"| {r['task']} | {r['algorithm']} | {r['seeds']} | {r['return_before']:.1f} | "
-                     f"{r['return_after']:.1f} | {r['iqm_after']:.1f} [{r['iqm_low']:.1f}, {r['iqm_high']:.1f}] | {p} | "
+                     f"{r['return_after']:.1f} | {r['iqm_after']:.1f} {bracket(r['iqm_low'], r['iqm_high'], 1)} | {p} | "
                      f"{r['early_dip']:.1f} | {r['wall_hours']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -219,7 +227,8 @@ def plot(trials, rows: list[dict], results: Path) -> None:
         task_rows = [r for r in rows if r["task"] == task]
         x = np.arange(len(task_rows))
         ax.bar(x, [r["iqm_after"] for r in task_rows],
-               yerr=[[r["iqm_after"] - r["iqm_low"] for r in task_rows], [r["iqm_high"] - r["iqm_after"] for r in task_rows]],
+               yerr=np.nan_to_num([[r["iqm_after"] - r["iqm_low"] for r in task_rows],
+                                   [r["iqm_high"] - r["iqm_after"] for r in task_rows]]),
                capsize=4)
         ax.set_xticks(x, [r["algorithm"] for r in task_rows], rotation=30)
         ax.set_title(f"{task}: final IQM return [95 % CI]")
