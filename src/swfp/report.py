@@ -36,6 +36,8 @@ from swfp.runio import atomic_write_text, read_json, write_run_metadata
 REFERENCE = "swfp"
 EARLY_FRACTION = 0.25
 BOOTSTRAP_REPS = 2000
+# one seed has no spread to resample: its bootstrap interval would be a single point, so none is given
+NO_INTERVAL = (float("nan"), float("nan"))
 
 
 def load_trials(results: Path) -> dict[tuple[str, str], list[dict]]:
@@ -81,7 +83,8 @@ def iqm_interval(scores: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[
     points, intervals = rly.get_interval_estimates(
         scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS)
     return ({m: float(points[m][0]) for m in scores},
-            {m: (float(intervals[m][0, 0]), float(intervals[m][1, 0])) for m in scores})
+            {m: (float(intervals[m][0, 0]), float(intervals[m][1, 0])) if len(scores[m]) > 1 else NO_INTERVAL
+             for m in scores})
 
 
 def improvement_probability(reference: np.ndarray, other: np.ndarray) -> tuple[float, float, float]:
@@ -91,7 +94,7 @@ def improvement_probability(reference: np.ndarray, other: np.ndarray) -> tuple[f
 
     points, intervals = rly.get_interval_estimates({"pair": (reference, other)}, metrics.probability_of_improvement,
                                                    reps=BOOTSTRAP_REPS)
-    low, high = np.ravel(intervals["pair"])
+    low, high = np.ravel(intervals["pair"]) if min(len(reference), len(other)) > 1 else NO_INTERVAL
     return float(np.ravel(points["pair"])[0]), float(low), float(high)
 
 
@@ -102,9 +105,6 @@ def aggregate(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
         finals = {a: np.array([[tr["return_after"]] for tr in trials[task, a]]) for a in methods}
         iqm, interval = iqm_interval(finals)
         for algo in methods:
-            # one seed has no spread to resample: its bootstrap interval would be a point, so none is given
-            if len(finals[algo]) < 2:
-                interval[algo] = (float("nan"), float("nan"))
             runs = trials[task, algo]
             row = {"task": task, "algorithm": algo, "seeds": len(runs),
                    "return_before": float(np.mean([r["return_before"] for r in runs])),
@@ -116,8 +116,6 @@ def aggregate(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
             if REFERENCE in finals and algo != REFERENCE:
                 row["p_swfp_better"], row["p_low"], row["p_high"] = improvement_probability(finals[REFERENCE],
                                                                                             finals[algo])
-                if min(len(finals[REFERENCE]), len(finals[algo])) < 2:
-                    row["p_low"] = row["p_high"] = float("nan")
             rows.append(row)
     return rows
 
