@@ -100,6 +100,20 @@ def test_a_single_seed_gets_no_bootstrap_interval(results):
     assert not np.isnan(rows["swfp"]["iqm_low"])
 
 
+def test_intervals_of_unchanged_trials_survive_a_regenerated_report(results):
+    """A report regenerated with more trials beside a row gives that row the same bootstrap intervals."""
+    # eight irregular finals: enough distinct resamples that an unseeded bootstrap moves the percentiles
+    for seed, final in enumerate([3.1, 40.7, 5.3, 17.9, 11.2, 29.4, 8.8, 23.6]):
+        write_trial(results, "spread", seed, before=-5.0, after=final)
+    before = {r["algorithm"]: r for r in write_report(results)}
+    for seed, after in enumerate([3.0, 40.0, 5.0]):
+        write_trial(results, "newcomer", seed, before=-5.0, after=after)
+    after = {r["algorithm"]: r for r in write_report(results)}
+    for method in ("swfp", "bc", "constant", "spread"):
+        for key in ("iqm_low", "iqm_high", "p_low", "p_high"):
+            assert after[method][key] == before[method][key] or np.isnan(before[method][key]), (method, key)
+
+
 def test_report_cli_without_results_says_what_it_expects(tmp_path):
     out = subprocess.run([sys.executable, "-m", "swfp.cli", "bench", "report", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,9 @@ from swfp.runio import atomic_write_text, read_json, write_run_metadata
 REFERENCE = "swfp"
 EARLY_FRACTION = 0.25
 BOOTSTRAP_REPS = 2000
+# every interval resamples from its own stream with this seed, so a row whose trials did not change keeps
+# its interval when the report is regenerated with more trials beside it
+BOOTSTRAP_SEED = 0
 # one seed has no spread to resample: its bootstrap interval would be a single point, so none is given
 NO_INTERVAL = (float("nan"), float("nan"))
 
@@ -75,16 +79,34 @@ def early_dip(trial: dict) -> float:
     return max(0.0, history[0]["return_mean"] - min(early))
 
 
+@contextmanager
+def seeded_bootstrap():
+    """Resample from ``BOOTSTRAP_SEED``, then give the caller's global NumPy state back.
+
+    rliable's stratified bootstraps draw their indices from ``np.random``'s global generator and ignore their
+    ``random_state`` argument, so the seed has to be set there."""
+    state = np.random.get_state()
+    np.random.seed(BOOTSTRAP_SEED)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def iqm_interval(scores: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """IQM and its 95 % stratified bootstrap interval per method; ``scores[m]`` is ``(seeds, tasks)``."""
     from rliable import library as rly
     from rliable import metrics
 
-    points, intervals = rly.get_interval_estimates(
-        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS)
-    return ({m: float(points[m][0]) for m in scores},
-            {m: (float(intervals[m][0, 0]), float(intervals[m][1, 0])) if len(scores[m]) > 1 else NO_INTERVAL
-             for m in scores})
+    points, intervals = {}, {}
+    for method, method_scores in scores.items():  # one method at a time, so its stream is its own
+        with seeded_bootstrap():
+            point, interval = rly.get_interval_estimates(
+                {method: method_scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=BOOTSTRAP_REPS)
+        points[method] = float(point[method][0])
+        intervals[method] = ((float(interval[method][0, 0]), float(interval[method][1, 0]))
+                             if len(method_scores) > 1 else NO_INTERVAL)
+    return points, intervals
 
 
 def improvement_probability(reference: np.ndarray, other: np.ndarray) -> tuple[float, float, float]:
@@ -92,8 +114,9 @@ def improvement_probability(reference: np.ndarray, other: np.ndarray) -> tuple[f
     from rliable import library as rly
     from rliable import metrics
 
-    points, intervals = rly.get_interval_estimates({"pair": (reference, other)}, metrics.probability_of_improvement,
-                                                   reps=BOOTSTRAP_REPS)
+    with seeded_bootstrap():
+        points, intervals = rly.get_interval_estimates({"pair": (reference, other)},
+                                                       metrics.probability_of_improvement, reps=BOOTSTRAP_REPS)
     low, high = np.ravel(intervals["pair"]) if min(len(reference), len(other)) > 1 else NO_INTERVAL
     return float(np.ravel(points["pair"])[0]), float(low), float(high)
 
