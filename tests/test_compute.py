@@ -118,6 +118,26 @@ def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
         update_readme(readme, results)
 
 
+def test_readme_names_a_grid_resumed_session_after_session_once(tmp_path):
+    """Drivers that differ only in ``--stop-after`` are one command run n times; any other change
+    (here the seeds) starts a new entry, so no command that ran is hidden."""
+    from swfp.readme import _provenance
+
+    def driver(commit, day, *args):
+        return {"command": ["swfp", "bench", "grid", *args, "--out", "g"], "git_commit": commit * 40,
+                "created": f"2026-12-0{day}T10:00"}
+    drivers = [driver("a", 1, "--seeds", "0"), driver("b", 1, "--seeds", "0", "1", "--stop-after", "145"),
+               driver("c", 2, "--seeds", "0", "1", "--stop-after=12"),
+               driver("d", 3, "--seeds", "0", "1", "--stop-after", "90"),
+               driver("e", 3, "--seeds", "0", "1", "2", "--stop-after", "30")]
+    (tmp_path / "grid.json").write_text(json.dumps({**drivers[-1], "earlier_invocations": drivers[:-1]}))
+    assert _provenance(tmp_path) == (
+        "`swfp bench grid --seeds 0 --out g` (commit `aaaaaaaaaaaa`, 2026-12-01), then "
+        "`swfp bench grid --seeds 0 1 --out g` 3 times in a row, each stopping after 12–145 min "
+        "(commits `bbbbbbbbbbbb` to `dddddddddddd`, 2026-12-01 to 2026-12-03), then "
+        "`swfp bench grid --seeds 0 1 2 --stop-after 30 --out g` (commit `eeeeeeeeeeee`, 2026-12-03)")
+
+
 def test_readme_quotes_the_commands_it_names():
     """A command is shown as it can be typed again: an argument with a space keeps its quotes."""
     from swfp.readme import _invocation

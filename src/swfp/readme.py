@@ -48,13 +48,51 @@ def _invocation(meta: dict) -> str:
     return f"`{_command(meta['command'])}` (commit `{(meta.get('git_commit') or 'unknown')[:12]}`{when})"
 
 
+def _split_stop_after(argv: list[str]) -> tuple[list[str], list[float]]:
+    """The command less ``--stop-after MIN``, and the MIN values: that flag only says when a driver hands
+    its trials back (checkpointed, to be resumed), not what they compute."""
+    kept, stops, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--stop-after" and i + 1 < len(argv):
+            stops.append(float(argv[i + 1]))
+            i += 2
+            continue
+        if argv[i].startswith("--stop-after="):
+            stops.append(float(argv[i].split("=", 1)[1]))
+        else:
+            kept.append(argv[i])
+        i += 1
+    return kept, stops
+
+
+def _resumed_run(metas: list[dict]) -> str:
+    """Consecutive drivers of one grid that differ only in ``--stop-after`` (one per session, each resuming
+    the last): the command once, how many times it ran, the range of stop times, commits and dates."""
+    if len(metas) == 1:
+        return _invocation(metas[0])
+    command = _split_stop_after(metas[0]["command"])[0]
+    stops = sorted(s for m in metas for s in _split_stop_after(m["command"])[1])
+    stop = f", each stopping after {stops[0]:g}–{stops[-1]:g} min" if stops else ""
+    first, last = ((m.get("git_commit") or "unknown")[:12] for m in (metas[0], metas[-1]))
+    dates = sorted({m["created"][:10] for m in metas if "created" in m})
+    when = (f", {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "")) if dates else ""
+    return f"`{_command(command)}` {len(metas)} times in a row{stop} (commits `{first}` to `{last}`{when})"
+
+
 def _provenance(directory: Path) -> str | None:
-    """The command that wrote the directory; for a grid continued by several drivers, every one in order."""
+    """The command that wrote the directory; for a grid continued by several drivers, every one in order,
+    a run of drivers that differ only in ``--stop-after`` shown once (:func:`_resumed_run`)."""
     for name in ("meta.json", "grid.json"):
         path = directory / name
         if path.is_file():
             meta = json.loads(path.read_text())
-            return ", then ".join(_invocation(m) for m in [*meta.get("earlier_invocations", []), meta])
+            runs: list[list[dict]] = []
+            for m in [*meta.get("earlier_invocations", []), meta]:
+                if runs and _split_stop_after(runs[-1][0]["command"])[0] == _split_stop_after(m["command"])[0]:
+                    runs[-1].append(m)
+                else:
+                    runs.append([m])
+            return ", then ".join(_resumed_run(r) for r in runs)
     return None
 
 
