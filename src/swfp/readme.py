@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from itertools import groupby
 from pathlib import Path
 
 from swfp.runio import atomic_write_text
@@ -86,13 +87,9 @@ def _provenance(directory: Path) -> str | None:
         path = directory / name
         if path.is_file():
             meta = json.loads(path.read_text())
-            runs: list[list[dict]] = []
-            for m in [*meta.get("earlier_invocations", []), meta]:
-                if runs and _split_stop_after(runs[-1][0]["command"])[0] == _split_stop_after(m["command"])[0]:
-                    runs[-1].append(m)
-                else:
-                    runs.append([m])
-            return ", then ".join(_resumed_run(r) for r in runs)
+            drivers = groupby([*meta.get("earlier_invocations", []), meta],
+                              key=lambda m: _split_stop_after(m["command"])[0])
+            return ", then ".join(_resumed_run(list(run)) for _, run in drivers)
     return None
 
 
