@@ -133,7 +133,7 @@ def test_readme_names_a_grid_resumed_session_after_session_once(tmp_path):
     (tmp_path / "grid.json").write_text(json.dumps({**drivers[-1], "earlier_invocations": drivers[:-1]}))
     assert _provenance(tmp_path) == (
         "`swfp bench grid --seeds 0 --out g` (commit `aaaaaaaaaaaa`, 2026-12-01), then "
-        "`swfp bench grid --seeds 0 1 --out g` 3 times in a row, each stopping after 12–145 min "
+        "`swfp bench grid --seeds 0 1 --out g` 3 times in a row, each with `--stop-after` 12–145 min "
         "(commits `bbbbbbbbbbbb` to `dddddddddddd`, 2026-12-01 to 2026-12-03), then "
         "`swfp bench grid --seeds 0 1 2 --stop-after 30 --out g` (commit `eeeeeeeeeeee`, 2026-12-03)")
 

@@ -71,12 +71,13 @@ def _split_stop_after(argv: list[str]) -> tuple[list[str], list[float]]:
 
 def _resumed_run(metas: list[dict]) -> str:
     """Consecutive drivers of one grid that differ only in ``--stop-after`` (one per session, each resuming
-    the last): the command once, how many times it ran, the range of stop times, commits and dates."""
+    the last): the command once, how many times it ran, the range of their `--stop-after` limits, commits and dates."""
     if len(metas) == 1:
         return _invocation(metas[0])
     command = _split_stop_after(metas[0]["command"])[0]
     stops = sorted(s for m in metas for s in _split_stop_after(m["command"])[1])
-    stop = f", each stopping after {stops[0]:g}–{stops[-1]:g} min" if stops else ""
+    # the limit each driver was given; a driver stopped by hand (SIGTERM) ran for less
+    stop = f", each with `--stop-after` {stops[0]:g}–{stops[-1]:g} min" if stops else ""
     first, last = ((m.get("git_commit") or "unknown")[:12] for m in (metas[0], metas[-1]))
     dates = sorted({m["created"][:10] for m in metas if "created" in m})
     when = (f", {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "")) if dates else ""
