@@ -71,7 +71,8 @@ def _split_stop_after(argv: list[str]) -> tuple[list[str], list[float]]:
 
 def _resumed_run(metas: list[dict]) -> str:
     """Consecutive drivers of one grid that differ only in ``--stop-after`` (one per session, each resuming
-    the last): the command once, how many times it ran, the range of their `--stop-after` limits, commits and dates."""
+    the last): the command once, how many times it ran, the range of their ``--stop-after`` limits, commits
+    and dates."""
     if len(metas) == 1:
         return _invocation(metas[0])
     command = _split_stop_after(metas[0]["command"])[0]
