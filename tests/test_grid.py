@@ -2,8 +2,11 @@
 executors, and a restarted driver that skips finished trials and resumes unfinished ones."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -86,6 +89,31 @@ def test_time_limit_stops_running_trials_checkpointed_and_resumable(demos, tmp_p
     assert [j.state for j in trial_jobs(config, tmp_path)] == ["resume"]
     with pytest.raises(ValueError, match="stop_after"):
         run_grid(config, tmp_path, stop_after=0)
+
+
+def test_ctrl_c_to_the_driver_stops_its_trials_checkpointed_and_records_them(demos, tmp_path):
+    """A terminal's Ctrl-C reaches the driver's whole process group. The driver alone takes it (each trial
+    runs in its own session, so it gets one SIGTERM, from the driver, not a second signal that would end
+    it before its checkpoint), stops the trials checkpointed and still writes ``trials.csv`` and its end."""
+    args = [sys.executable, "-m", "swfp.cli", "bench", "grid", "--tasks", TASK, "--algos", "swfp", "--seeds", "0",
+            "--env-steps", "400000", "--pretrain-steps", "200", "--eval-episodes", "16", "--num-envs", "4",
+            "--dataset", f"{TASK}={demos}", *[f"--set=swfp:{k}={v}" for k, v in SWFP_FAST.items()],
+            "--workers", "1", "--out", str(tmp_path)]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run = tmp_path / "runs" / TASK / "swfp" / "seed0"
+    deadline = time.time() + 240
+    while not (run / "eval.csv").exists() and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # the trial is in its loop once its first evaluation is written
+    assert driver.poll() is None, f"the driver ended before it could be stopped: {driver.stderr.read()}"
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in the driver's terminal does
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 1, stderr  # not every trial is done
+    rows = read_csv_rows(tmp_path / "trials.csv")
+    assert [r["state"] for r in rows] == ["resumable (stopped by SIGINT to the driver)"], stdout
+    stopped_at = torch.load(run / "checkpoint.pt", weights_only=True)["env_step"]
+    assert 0 < stopped_at < 400_000 and not (run / "summary.json").exists()
+    grid = json.loads((tmp_path / "grid.json").read_text())
+    assert grid["stopped_by_signal"] == "SIGINT" and grid["ended"] >= grid["created"]
 
 
 def test_pending_trials_put_resumable_ones_first(tmp_path):

@@ -15,7 +15,12 @@ killed, or a grid spread over several sessions, is restarted with the same comma
 ``stop_after`` bounds a driver's time (a cluster allocation, a working session): at that point every
 running trial gets SIGTERM, checkpoints the env step it is at and exits (see
 :mod:`swfp.runner`), and no further trial starts; nothing done is lost, and the next driver resumes
-them. A trial's checkpoint is the one file to carry to wherever the grid continues.
+them. A trial's checkpoint is the one file to carry to wherever the grid continues. Stopping the
+driver by hand (Ctrl-C, or SIGTERM to the driver) does the same at once, and ``trials.csv`` and the
+end time in ``grid.json`` are still written. Each trial runs in its own session, so the signal that
+reaches the driver's process group (a terminal's Ctrl-C) reaches the driver alone and each trial gets
+exactly one SIGTERM from it: a second signal would end a trial before its checkpoint. (A driver killed
+with SIGKILL leaves its trials running to their end.)
 Each trial runs as its own ``swfp`` process with one torch thread (``OMP_NUM_THREADS=1``): with N
 workers, N trials share the machine's N cores without over-subscription.
 
@@ -134,26 +139,33 @@ def trial_jobs(config: GridConfig, out: Path) -> list[Job]:
     return jobs
 
 
-def run_job(job: Job, deadline: float | None = None) -> tuple[str, int | None]:
-    """Run one job's process with one torch thread; its output goes to ``<run_dir>.log``.
+def run_job(job: Job, deadline: float | None = None, stop: list[int] | None = None) -> tuple[str, int | None]:
+    """Run one job's process (in its own session) with one torch thread; its output goes to ``<run_dir>.log``.
 
-    At ``deadline`` (seconds since the epoch) the process gets SIGTERM, on which a fine-tuning run
-    checkpoints and exits; a job whose turn comes after the deadline does not start. Returns
-    (name, exit code), the code ``None`` for a job not started.
+    At ``deadline`` (seconds since the epoch), or once ``stop`` holds a signal the driver received,
+    the process gets SIGTERM, on which a fine-tuning run checkpoints and exits; a job whose turn comes
+    after that does not start. Returns (name, exit code), the code ``None`` for a job not started.
     """
-    if deadline is not None and time.time() >= deadline:
+    def stopping() -> bool:
+        return bool(stop) or (deadline is not None and time.time() >= deadline)
+
+    if stopping():
         return job.name, None
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(f"{job.run_dir}.log", "a") as log:
         log.write(f"$ {' '.join(job.command)}\n")
         log.flush()
-        process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            code = process.wait(timeout=None if deadline is None else max(deadline - time.time(), 0.0))
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGTERM)
-            code = process.wait()
+        process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+        code = None
+        while code is None:
+            try:
+                code = process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if stopping():
+                    process.send_signal(signal.SIGTERM)
+                    code = process.wait()
     return job.name, code
 
 
@@ -165,14 +177,15 @@ def pending(jobs: list[Job]) -> list[Job]:
 
 
 def execute(jobs: list[Job], executor: str, workers: int, ray_address: str | None = None,
-            deadline: float | None = None) -> dict[str, int | None]:
-    """Run the :func:`pending` jobs (until ``deadline``, see :func:`run_job`); returns their exit codes by name."""
+            deadline: float | None = None, stop: list[int] | None = None) -> dict[str, int | None]:
+    """Run the :func:`pending` jobs (until ``deadline`` or a ``stop``, see :func:`run_job`; Ray's tasks
+    see only the deadline); returns their exit codes by name."""
     todo = pending(jobs)
     if not todo:
         return {}
     if executor == "local":
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return dict(pool.map(lambda job: run_job(job, deadline), todo))
+            return dict(pool.map(lambda job: run_job(job, deadline, stop), todo))
     try:
         import ray
     except ImportError as exc:
@@ -184,12 +197,13 @@ def execute(jobs: list[Job], executor: str, workers: int, ray_address: str | Non
     return dict(ray.get([remote.remote(j, deadline) for j in todo]))
 
 
-def trial_state(job: Job, code: int | None) -> str:
-    """A trial's state after a driver run, as ``trials.csv`` and the driver's table show it."""
+def trial_state(job: Job, code: int | None, stopped: str = "stopped at the time limit") -> str:
+    """A trial's state after a driver run, as ``trials.csv`` and the driver's table show it; ``stopped``
+    says why a trial that exited on the driver's SIGTERM was stopped."""
     if (job.run_dir / "summary.json").is_file():
         return "done"
     if (job.run_dir / "checkpoint.pt").is_file():
-        why = {None: "not run", 128 + signal.SIGTERM: "stopped at the time limit"}.get(code, f"exit {code}")
+        why = {None: "not run", 128 + signal.SIGTERM: stopped}.get(code, f"exit {code}")
         return f"resumable ({why})"
     return "not started" if code is None else f"failed (exit {code})"
 
@@ -198,9 +212,12 @@ def run_grid(config: GridConfig, out: Path, executor: str = "local", workers: in
              ray_address: str | None = None, stop_after: float | None = None) -> list[dict]:
     """Make the missing demonstrations, pre-train, run every trial not yet done; write ``trials.csv``.
 
-    ``stop_after`` (seconds from now) stops the trials then, checkpointed and resumable (pre-training
-    is not bounded: it is short and has no checkpoint)."""
+    ``stop_after`` (seconds from now) stops the trials then, checkpointed and resumable; the driver's
+    first SIGINT or SIGTERM stops them the same way at once (pre-training is not bounded: it is short
+    and has no checkpoint, so a signal during it only keeps the trials from starting). ``grid.json``
+    gets the end time and the signal, if one stopped the driver."""
     from swfp.bench import write_rows_csv
+    from swfp.runner import stop_requests
 
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
@@ -213,24 +230,28 @@ def run_grid(config: GridConfig, out: Path, executor: str = "local", workers: in
     if (out / "grid.json").is_file():  # a grid continued by another driver keeps every earlier invocation
         previous = json.loads((out / "grid.json").read_text())
         earlier = previous.pop("earlier_invocations", []) + [previous]
-    atomic_write_json(out / "grid.json", {**asdict(config), "command": sys.argv, "git_commit": git_commit(),
-                                          "machine": machine_description(), "executor": executor,
-                                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                          "earlier_invocations": earlier})
+    record = {**asdict(config), "command": sys.argv, "git_commit": git_commit(), "machine": machine_description(),
+              "executor": executor, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "earlier_invocations": earlier}
+    atomic_write_json(out / "grid.json", record)
     for task in config.tasks:
         data = out / "data" / f"{task.lower()}-medium.npz"
         if task not in config.datasets and not data.is_file():
             from swfp.assets import shipped_expert_dir
             from swfp.demos import generate_demos
             generate_demos(task, shipped_expert_dir(task), "medium", config.demo_episodes, seed=0).save(data)
-    failed = {name: code for name, code in execute(pretrain_jobs(config, out), executor, workers,
-                                                     ray_address).items() if code}
-    if failed:
-        raise RuntimeError(f"pre-training failed for {sorted(failed)}; see the .log beside each run directory")
-    codes = execute(trial_jobs(config, out), executor, workers, ray_address, deadline)
-    rows = [{"trial": job.name, "state": trial_state(job, codes.get(job.name)),
+    with stop_requests() as stop:
+        failed = {name: code for name, code in execute(pretrain_jobs(config, out), executor, workers,
+                                                         ray_address).items() if code}
+        if failed:
+            raise RuntimeError(f"pre-training failed for {sorted(failed)}; see the .log beside each run directory")
+        codes = execute(trial_jobs(config, out), executor, workers, ray_address, deadline, stop)
+    signal_name = signal.Signals(stop[0]).name if stop else None
+    stopped = f"stopped by {signal_name} to the driver" if signal_name else "stopped at the time limit"
+    rows = [{"trial": job.name, "state": trial_state(job, codes.get(job.name), stopped),
              "run_dir": str(job.run_dir.relative_to(out))} for job in trial_jobs(config, out)]
     write_rows_csv(out / "trials.csv", rows)
+    atomic_write_json(out / "grid.json", {**record, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                          "stopped_by_signal": signal_name})
     return rows
 
 
