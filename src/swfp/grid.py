@@ -197,7 +197,7 @@ def execute(jobs: list[Job], executor: str, workers: int, ray_address: str | Non
     return dict(ray.get([remote.remote(j, deadline) for j in todo]))
 
 
-def trial_state(job: Job, code: int | None, stopped: str = "stopped at the time limit") -> str:
+def trial_state(job: Job, code: int | None, stopped: str) -> str:
     """A trial's state after a driver run, as ``trials.csv`` and the driver's table show it; ``stopped``
     says why a trial that exited on the driver's SIGTERM was stopped."""
     if (job.run_dir / "summary.json").is_file():
