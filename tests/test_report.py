@@ -153,3 +153,20 @@ def test_compare_lines_up_runs_at_shared_steps_and_names_what_differs(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "swfp.cli", "bench", "compare", str(default), str(larger), "--labels",
                           "a", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "one distinct label per run" in cli.stderr
+
+
+def test_env_step_axes_are_labelled_in_thousands():
+    """Full step counts ("125000") run into each other on a 200k axis; the plots label them "125k"."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from swfp.report import label_env_steps
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([0, 200_000], [0, 1])
+    label_env_steps(ax)
+    fig.canvas.draw()
+    labels = {t.get_text() for t in ax.get_xticklabels()}
+    plt.close(fig)
+    assert {"0", "100k", "200k"} <= labels and not any(len(t) > 5 for t in labels), labels

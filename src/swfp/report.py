@@ -44,6 +44,14 @@ BOOTSTRAP_SEED = 0
 NO_INTERVAL = (float("nan"), float("nan"))
 
 
+def label_env_steps(ax) -> None:
+    """Label a plot's x axis in thousands of environment steps ("150k"): full numbers overlap at 200k."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel("environment steps")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
+
+
 def load_trials(results: Path) -> dict[tuple[str, str], list[dict]]:
     """``(task, algo) -> [trial]``, each trial its summary plus its evaluation history."""
     trials: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -238,7 +246,7 @@ def plot(trials, rows: list[dict], results: Path) -> None:
                 ax.plot(steps, centre, label=algo)
                 ax.fill_between(steps, low, high, alpha=0.2)
             ax.set_title(task)
-            ax.set_xlabel("environment steps")
+            label_env_steps(ax)
             ax.set_ylabel("return (mean ± 95 % CI)" if statistic == "mean" else "IQM return [95 % bootstrap CI]")
             ax.legend(fontsize=8)
         save(fig, name)
@@ -341,7 +349,7 @@ def plot_comparison(rows: list[dict], labels: list[str], path: Path) -> None:
         for label in labels:
             ax.plot(steps, [r[f"{label} {kind}"] for r in rows], marker="o", markersize=3, label=label)
         ax.set_title(f"{kind} return")
-        ax.set_xlabel("environment steps")
+        label_env_steps(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, path)
