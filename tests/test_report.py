@@ -161,11 +161,11 @@ def test_env_step_axes_are_labelled_in_thousands():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from swfp.report import label_env_steps
+    from swfp.logger import label_steps
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot([0, 200_000], [0, 1])
-    label_env_steps(ax)
+    label_steps(ax, "environment steps")
     fig.canvas.draw()
     labels = {t.get_text() for t in ax.get_xticklabels()}
     plt.close(fig)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swfp.logger import read_csv, save_figure
+from swfp.logger import label_steps, read_csv, save_figure
 from swfp.runio import atomic_write_text, read_json, write_run_metadata
 
 REFERENCE = "swfp"
@@ -42,14 +42,6 @@ BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0
 # one seed has no spread to resample: its bootstrap interval would be a single point, so none is given
 NO_INTERVAL = (float("nan"), float("nan"))
-
-
-def label_env_steps(ax) -> None:
-    """Label a plot's x axis in thousands of environment steps ("150k"): full numbers overlap at 200k."""
-    from matplotlib.ticker import FuncFormatter
-
-    ax.set_xlabel("environment steps")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
 
 
 def load_trials(results: Path) -> dict[tuple[str, str], list[dict]]:
@@ -246,7 +238,7 @@ def plot(trials, rows: list[dict], results: Path) -> None:
                 ax.plot(steps, centre, label=algo)
                 ax.fill_between(steps, low, high, alpha=0.2)
             ax.set_title(task)
-            label_env_steps(ax)
+            label_steps(ax, "environment steps")
             ax.set_ylabel("return (mean ± 95 % CI)" if statistic == "mean" else "IQM return [95 % bootstrap CI]")
             ax.legend(fontsize=8)
         save(fig, name)
@@ -349,7 +341,7 @@ def plot_comparison(rows: list[dict], labels: list[str], path: Path) -> None:
         for label in labels:
             ax.plot(steps, [r[f"{label} {kind}"] for r in rows], marker="o", markersize=3, label=label)
         ax.set_title(f"{kind} return")
-        label_env_steps(ax)
+        label_steps(ax, "environment steps")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, path)
