@@ -50,6 +50,7 @@ class BlockConfig:
     batch_size: int = 256
     pool_size: int = 8192    # (s, a ~ π_n) pairs drawn once per block
     objective: str = "jko"   # "jko" (equation 1) or the Jacobian-free ablation "langevin_fm"
+    box_weight: float = 0.0  # λ of the box term (λ/2)·‖T(a) − clip(T(a))‖² added to equation (1)
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(w) for w in self.hidden_dims)  # a JSON list comes back as a tuple
@@ -66,6 +67,8 @@ class BlockConfig:
             raise ValueError(f"need tau > 0 and alpha >= 0, finite; got tau={self.tau}, alpha={self.alpha}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.box_weight) and self.box_weight >= 0):
+            raise ValueError(f"box_weight must be >= 0, got {self.box_weight}")
         for name in ("grad_steps", "batch_size", "pool_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -137,12 +140,27 @@ def jko_terms(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor,
     return moved, q_fn(obs, moved), log_det, (moved - actions).pow(2).sum(-1)
 
 
+def jko_objective(moved: torch.Tensor, q: torch.Tensor, log_det: torch.Tensor, sq_dist: torch.Tensor,
+                  tau: float | torch.Tensor, alpha: float | torch.Tensor, box_weight: float = 0.0) -> torch.Tensor:
+    """Per-sample equation (1) plus the box term: ``−Q − α·log|det| + ‖T(a) − a‖²/(2τ) + (λ/2)·‖T(a) − clip(T(a))‖²``.
+
+    The critic sees ``Q(s, clip(a))`` (:class:`~swfp.critic.QEnsemble`), so its action-gradient is zero in
+    every component outside ``[-1, 1]`` and equation (1) alone can never pull such a component back
+    (DESIGN.md §3, cause 5: ~11% of a BC flow's components). The box term pulls them back with
+    force ``λ·(T(a) − clip(T(a)))``; it acts on the map ``T`` only, so the policy's density stays exact.
+    """
+    objective = -q - alpha * log_det + sq_dist / (2 * tau)
+    if box_weight:
+        objective = objective + 0.5 * box_weight * (moved - moved.clamp(-1.0, 1.0)).pow(2).sum(-1)
+    return objective
+
+
 def jko_loss(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor, q_fn: QFunction, alpha: float,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Minibatch estimate of equation (1), ``actions ~ π_n`` carrying no graph (``generator``: unused, the
-    losses share one signature)."""
-    _, q, log_det, sq_dist = jko_terms(block, obs, actions, q_fn)
-    return (-q - alpha * log_det + sq_dist / (2 * block.tau)).mean()
+    """Minibatch estimate of equation (1) with the block's box term, ``actions ~ π_n`` carrying no graph
+    (``generator``: unused, the losses share one signature)."""
+    moved, q, log_det, sq_dist = jko_terms(block, obs, actions, q_fn)
+    return jko_objective(moved, q, log_det, sq_dist, block.tau, alpha, block.config.box_weight).mean()
 
 
 def langevin_fm_loss(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor, q_fn: QFunction, alpha: float,
@@ -241,6 +259,11 @@ def measure_block(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor, q_f
     moved the policy by at most what its free-energy gain pays for. ``w2_upper ≤ trust_bound`` is thus
     checkable and certifies ``W₂(π_{n+1}, π_n) ≤ trust_bound``.
 
+    **Entropy, incrementally.** ``entropy_change = E log|det ∂_a T(a)|`` is exactly
+    ``H(π_{n+1}(·|s)) − H(π_n(·|s))`` averaged over the states (the same change of variables), so the
+    cascade's entropy can be tracked block by block without its K-step density. ``outside_box`` is
+    the share of ``T(a)``'s components outside ``[-1, 1]``.
+
     ``accepted``: ``ΔF < 0``, every quantity finite, and ``T`` inverts on these samples (so the
     cascade's ``log_prob`` works on its own actions; a folding ``T`` would also void the ΔF formula).
     ``tau`` defaults to the block's own.
@@ -251,6 +274,7 @@ def measure_block(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor, q_f
     delta_q, entropy_gain = (q_new - q_old).mean().item(), (alpha * log_det).mean().item()
     delta_f = -delta_q - entropy_gain
     transport = sq_dist.mean().item()
+    outside = (moved.abs() > 1).float().mean().item()
     try:
         invertible = bool(torch.allclose(block.inverse(obs, moved), actions, atol=1e-3, rtol=0))
     except InversionError:
@@ -258,7 +282,8 @@ def measure_block(block: JKOBlock, obs: torch.Tensor, actions: torch.Tensor, q_f
     metrics = {"delta_free_energy": delta_f, "delta_q": delta_q, "entropy_gain": entropy_gain,
                "transport_cost": transport, "w2_upper": math.sqrt(transport) if transport >= 0 else math.nan,
                "trust_bound": math.sqrt(2 * tau * max(-delta_f, 0.0)) if math.isfinite(delta_f) else math.nan,
-               "objective_gap": delta_f + transport / (2 * tau)}
+               "objective_gap": delta_f + transport / (2 * tau), "entropy_change": log_det.mean().item(),
+               "outside_box": outside}
     finite = all(math.isfinite(v) for v in metrics.values())
     return {**metrics, "invertible": invertible, "accepted": finite and invertible and delta_f < 0}
 

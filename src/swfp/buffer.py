@@ -64,6 +64,14 @@ class ReplayBuffer:
         return Batch(*(torch.from_numpy(a[idx]) for a in (
             self.observations, self.actions, self.rewards, self.next_observations, self.terminals)))
 
+    def recent(self, n: int) -> Batch:
+        """The last ``min(n, size)`` transitions added, oldest first."""
+        if self.size == 0:
+            raise RuntimeError("the replay buffer is empty")
+        idx = (self.position - 1 - np.arange(min(n, self.size))[::-1]) % self.capacity
+        return Batch(*(torch.from_numpy(a[idx]) for a in (
+            self.observations, self.actions, self.rewards, self.next_observations, self.terminals)))
+
     @classmethod
     def from_transitions(cls, observations, actions, rewards, next_observations, terminals) -> "ReplayBuffer":
         """A buffer filled exactly with the given transitions (e.g. a demonstration dataset)."""

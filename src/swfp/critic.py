@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from swfp.buffer import Batch
-from swfp.nets import ensemble_mlp
+from swfp.nets import EnsembleLinear, ensemble_mlp
 
 
 class QEnsemble(nn.Module):
@@ -49,10 +49,14 @@ class QEnsemble(nn.Module):
         self.ensemble_size = ensemble_size
         self.net = ensemble_mlp(ensemble_size, obs_dim + act_dim, hidden_dims, 1, layer_norm=layer_norm)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor,
+                members: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """``(E', B)`` values of the ``members`` (all by default), only those members' networks evaluated."""
         x = torch.cat([obs, actions.clamp(-1.0, 1.0)], dim=-1)
-        x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
-        return self.net(x).squeeze(-1)
+        x = x.unsqueeze(0).expand(torch.empty(self.ensemble_size)[members].shape[0], *x.shape)
+        for layer in self.net:
+            x = layer(x, members) if isinstance(layer, EnsembleLinear) else layer(x)
+        return x.squeeze(-1)
 
 
 @torch.no_grad()
@@ -96,10 +100,10 @@ class Critic:
     def td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_prob: torch.Tensor | None = None,
                   alpha: float | torch.Tensor = 0.0) -> torch.Tensor:
         """``y = r + γ(1 − terminal)(min_i Q̄_i(s', a') − α·log π(a'|s'))`` (entropy term only if given)."""
-        next_q = self.target(batch.next_observations, next_actions)
-        if self.config.target_subset is not None:
-            next_q = next_q[torch.randperm(next_q.shape[0])[: self.config.target_subset]]
-        next_v = next_q.min(0).values
+        members = slice(None)
+        if self.config.target_subset is not None:  # only the drawn members' networks are evaluated
+            members = torch.randperm(self.config.ensemble_size)[: self.config.target_subset].sort().values
+        next_v = self.target(batch.next_observations, next_actions, members).min(0).values
         if next_log_prob is not None:
             next_v = next_v - alpha * next_log_prob
         return batch.rewards + self.config.gamma * (1 - batch.terminals) * next_v
@@ -116,15 +120,23 @@ class Critic:
         polyak_update(self.target, self.q, self.config.polyak)
         return {"critic_loss": loss.item(), "q": q.mean().item()}
 
-    def value(self, obs: torch.Tensor, actions: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
-        """``(B,)`` ensemble mean or min of ``Q_i(s, a)``; differentiable in ``actions`` (parameters frozen
-        for the call, so a policy's gradient does not touch the critic's ``.grad``)."""
+    def value(self, obs: torch.Tensor, actions: torch.Tensor, reduce: str = "mean", members: slice = slice(None),
+              pessimism: float = 0.0) -> torch.Tensor:
+        """``(B,)`` ensemble mean or min of ``Q_i(s, a)`` over ``members``; differentiable in ``actions``
+        (parameters frozen for the call, so a policy's gradient does not touch the critic's ``.grad``).
+
+        ``pessimism`` c > 0 (with ``reduce="mean"``) gives the lower bound ``mean_i Q_i − c·std_i Q_i``
+        (population std, so with two members c = 1 is their min), the pessimistic value SWFP's blocks climb."""
         self.q.requires_grad_(False)
         try:
-            q = self.q(obs, actions)
+            q = self.q(obs, actions, members)
         finally:
             self.q.requires_grad_(True)
-        return q.mean(0) if reduce == "mean" else q.min(0).values
+        if reduce == "min":
+            return q.min(0).values
+        if pessimism and q.shape[0] > 1:
+            return q.mean(0) - pessimism * q.std(0, correction=0)
+        return q.mean(0)
 
     def state_dict(self) -> dict:
         return {"q": self.q.state_dict(), "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict()}

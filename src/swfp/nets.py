@@ -58,8 +58,9 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(ensemble_size, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_dim).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """``members`` evaluates only those members' layers (``x`` then has their count as its first size)."""
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
 
 def ensemble_mlp(ensemble_size: int, in_dim: int, hidden_dims: tuple[int, ...], out_dim: int,
