@@ -46,7 +46,7 @@ def test_bench_compute_rejects_bad_settings():
 
 def test_bench_loop_splits_a_real_run_and_measures_the_floor(tmp_path, bandit_bc):
     settings = {"block_grad_steps": "20", "pool_size": "512", "heldout_states": "128", "critic_warmup_steps": "20",
-                "compaction_steps": "20", "batch_size": "64"}
+                "compaction_steps": "20", "batch_size": "64", "block_batch_size": "16"}
     config = LoopConfig(pretrained=str(bandit_bc / "bc"), algo="swfp", env_steps=300, budget=600, repeats=3,
                         settings=settings)
     started = time.perf_counter()

@@ -13,7 +13,8 @@ from swfp.report import write_report
 TASK = "Hopper-v5"
 
 
-def write_trial(root, algo: str, seed: int, before: float, after: float, dip: float = 0.0, steps: int = 1000):
+def write_trial(root, algo: str, seed: int, before: float, after: float, dip: float = 0.0, steps: int = 1000,
+                det_after: float | None = None):
     run = root / "runs" / TASK / algo / f"seed{seed}"
     run.mkdir(parents=True)
     history = [(0, before), (steps // 5, before - dip), (steps // 2, (before + after) / 2), (steps, after)]
@@ -25,6 +26,7 @@ def write_trial(root, algo: str, seed: int, before: float, after: float, dip: fl
                   "blocks_compactions": 1}
     run.joinpath("summary.json").write_text(json.dumps({
         "algorithm": algo, "task": TASK, "env_steps": steps, "return_before": before, "return_after": after,
+        "det_return_after": after + 1.0 if det_after is None else det_after,
         "seconds_per_env_step": {"collect": 0.001, "train": 0.002, "eval": 0.0}, "status": status}))
 
 
@@ -58,6 +60,27 @@ def test_report_statistics_match_closed_form(results):
     for name in ("report.md", "report.csv", "learning_curves.png", "final_iqm.png", "sample_efficiency.png"):
         assert (results / name).stat().st_size > 0, name
     assert "| Hopper-v5 | swfp | 4 |" in (results / "report.md").read_text()
+    # deterministic finals are the stochastic ones + 1 here: the same IQM shifted by 1
+    assert swfp["det_iqm_after"] == pytest.approx(16.0) and constant["det_iqm_low"] == pytest.approx(8.0)
+    assert "| 15.0 [" in (results / "report.md").read_text() and "| 16.0 [" in (results / "report.md").read_text()
+
+
+def test_report_puts_another_grids_methods_beside_its_own(results, tmp_path_factory):
+    """``--beside GRID``: the (task, method) pairs this grid lacks come from the other grid, marked *; a pair
+    both hold is this grid's."""
+    other = tmp_path_factory.mktemp("other")
+    for seed in range(3):
+        write_trial(other, "swfp", seed, before=-5.0, after=-100.0)  # shadowed by this grid's swfp
+        write_trial(other, "dsrl", seed, before=-5.0, after=12.0, det_after=2.0)
+    rows = {r["algorithm"]: r for r in write_report(results, [other])}
+    assert rows["swfp"]["iqm_after"] == pytest.approx(15.0) and rows["swfp"]["grid"] == str(results)
+    assert rows["dsrl"]["iqm_after"] == pytest.approx(12.0) and rows["dsrl"]["det_iqm_after"] == pytest.approx(2.0)
+    assert rows["dsrl"]["p_swfp_better"] == pytest.approx(0.5)  # finals 0, 10, 20, 30 against 12
+    text = (results / "report.md").read_text()
+    assert "| Hopper-v5 | dsrl* | 3 |" in text and str(other) in text
+    cli = subprocess.run([sys.executable, "-m", "swfp.cli", "bench", "report", str(results), "--beside",
+                          str(tmp_path_factory.mktemp("empty"))], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "summary.json" in cli.stderr
 
 
 def test_report_lists_every_trial_with_its_time_split(results):
@@ -95,7 +118,7 @@ def test_a_single_seed_gets_no_bootstrap_interval(results):
     assert lonely["iqm_after"] == pytest.approx(12.0) and np.isnan(lonely["iqm_low"]) and np.isnan(lonely["iqm_high"])
     # swfp finals {0, 10, 20, 30} vs 12: 2 of 4 above -> P = 0.5, but one seed of the other has no interval
     assert lonely["p_swfp_better"] == pytest.approx(0.5) and np.isnan(lonely["p_low"])
-    assert "| Hopper-v5 | lonely | 1 | -5.0 | 12.0 | 12.0 [— 1 seed] | 0.50 [— 1 seed] |" in \
+    assert "| Hopper-v5 | lonely | 1 | -5.0 | 12.0 | 12.0 [— 1 seed] | 13.0 [— 1 seed] | 0.50 [— 1 seed] |" in \
         (results / "report.md").read_text()
     assert not np.isnan(rows["swfp"]["iqm_low"])
 

@@ -379,7 +379,7 @@ def cmd_bench_grid(args) -> int:
 def cmd_bench_report(args) -> int:
     from swfp.report import write_report
 
-    write_report(Path(args.results))
+    write_report(Path(args.results), [Path(b) for b in args.beside or []])
     print((Path(args.results) / "report.md").read_text())
     return 0
 
@@ -540,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_grid)
     p = bench_sub.add_parser("report", help="aggregate a grid: IQM with bootstrap intervals, P(improvement), dips, plots")
     p.add_argument("results", help="the grid's directory (holding runs/<task>/<algo>/seed<s>/)")
+    p.add_argument("--beside", action="append", metavar="GRID",
+                   help="another grid whose methods RESULTS lacks are reported beside it (marked *); repeatable")
     p.set_defaults(func=cmd_bench_report)
     p = bench_sub.add_parser("compare", help="single runs side by side at shared env steps, with their config differences")
     p.add_argument("runs", nargs="+", help="`swfp finetune` run directories (finished or not)")

@@ -31,9 +31,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from swfp.blocks import BlockConfig, JKOBlock, block_trainer, jko_loss
+from swfp.blocks import BlockConfig, JKOBlock
 from swfp.cascade import Cascade, draw_pool
-from swfp.critic import Critic, CriticConfig
+from swfp.live import LiveBlock, PrefixPool
+from swfp.critic import Critic
 from swfp.envs import env_dims, task_spec
 from swfp.flow import FlowConfig, FlowPolicy
 from swfp.policy import Policy
@@ -153,21 +154,30 @@ def _random_policy(cascade: Cascade, task: str) -> Policy:
 
 
 def block_update(config: ComputeConfig, num_steps: int) -> tuple[Callable[[], object], Callable[[], object], float]:
-    """SWFP on a cascade whose base has ``num_steps`` Euler steps and ``earlier_blocks`` blocks: one block
-    gradient step (equation (1), Jacobian log-det included; :func:`~swfp.blocks.block_trainer`), the
-    once-per-block pool draw, and the step's memory in bytes."""
+    """SWFP on a cascade whose base has ``num_steps`` Euler steps and ``earlier_blocks`` blocks: one step of the
+    live block at SWFP's default settings (equation (1) with the box term, Jacobian log-det included, the
+    pessimistic value of two critic members; :class:`~swfp.live.LiveBlock`), the redraw of its prefix pool
+    (``4 × batch`` states; once per block), and the step's memory in bytes."""
+    from swfp.algorithms.swfp import SWFPConfig
+
     obs_dim, act_dim = env_dims(config.task)
-    block_config = BlockConfig(batch_size=config.batch_size, pool_size=4 * config.batch_size)
+    swfp_config = SWFPConfig(block_batch_size=config.batch_size)
+    block_config = swfp_config.block_config()
     cascade = Cascade(_flow(obs_dim, act_dim, config.task, num_steps),
                       [JKOBlock(obs_dim, act_dim, block_config) for _ in range(config.earlier_blocks)])
-    critic = Critic(obs_dim, act_dim, CriticConfig())
-    states = torch.randn(block_config.pool_size, obs_dim)
-    obs, actions = draw_pool(cascade, states)
-    block = JKOBlock(obs_dim, act_dim, block_config)
-    step = block_trainer(block, obs, actions, critic.value, block_config)
-    batch = slice(0, config.batch_size)
-    memory = saved_graph_bytes(jko_loss(block, obs[batch], actions[batch], critic.value, block_config.alpha))
-    return step, lambda: draw_pool(cascade, states), memory + training_state_bytes(block)
+    critic = Critic(obs_dim, act_dim, swfp_config.critic)
+    states = torch.randn(4 * config.batch_size, obs_dim)
+    pool = PrefixPool(obs_dim, act_dim, len(states))
+    pool.add(*draw_pool(cascade, states))
+    live, rng = LiveBlock(obs_dim, act_dim, block_config), np.random.default_rng(config.seed)
+
+    def q_fn(obs, actions):
+        return critic.value(obs, actions, members=slice(0, swfp_config.objective_members),
+                            pessimism=swfp_config.q_pessimism)
+
+    memory = saved_graph_bytes(live.loss(*pool.sample(config.batch_size, rng), q_fn, block_config.alpha)[0])
+    return (lambda: live.step(*pool.sample(config.batch_size, rng), q_fn, block_config.alpha),
+            lambda: pool.redraw(cascade), memory + training_state_bytes(live.block))
 
 
 def bptt_update(config: ComputeConfig, num_steps: int) -> tuple[Callable[[], object], float]:

@@ -95,11 +95,17 @@ class LiveBlock:
     def tau(self) -> float:
         return self.block.tau.item()
 
+    def loss(self, obs: torch.Tensor, prefix: torch.Tensor, q_fn: QFunction,
+             alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The minibatch objective (with its graph), and the batch's ``log|det ∂T|`` and ``‖T(a) − a‖²``."""
+        moved, q, log_det, sq_dist = jko_terms(self.block, obs, prefix, q_fn)
+        return jko_objective(moved, q, log_det, sq_dist, self.block.tau, alpha, self.config.box_weight).mean(), \
+            log_det, sq_dist
+
     def step(self, obs: torch.Tensor, prefix: torch.Tensor, q_fn: QFunction, alpha: float) -> dict[str, float]:
         """One Adam step on the objective; returns the loss and the batch's ``E log|det ∂T|`` and ``E‖T(a) − a‖²``
         (measured before the step)."""
-        moved, q, log_det, sq_dist = jko_terms(self.block, obs, prefix, q_fn)
-        loss = jko_objective(moved, q, log_det, sq_dist, self.block.tau, alpha, self.config.box_weight).mean()
+        loss, log_det, sq_dist = self.loss(obs, prefix, q_fn, alpha)
         for p, g in zip(self.params, torch.autograd.grad(loss, self.params)):
             p.grad = g
         self.optimizer.step()

@@ -1,7 +1,7 @@
 """``swfp bench report``: aggregate a grid's trials into tables and plots with honest uncertainty.
 
 Per task and method, over seeds: the return before fine-tuning and after (mean), the **IQM** of the
-final return with a **95 % stratified bootstrap interval** across seeds, the **probability of
+final return, stochastic and deterministic, each with a **95 % stratified bootstrap interval** across seeds, the **probability of
 improvement** of SWFP over the method (P(X_swfp > X_method) over seed pairs, with its interval),
 the **largest early dip** (the deepest fall of the evaluated return below the pre-fine-tuning
 return during the first quarter of the budget, mean over seeds) and the wall time per run. The
@@ -15,7 +15,8 @@ block, evaluation) and, for SWFP, its blocks accepted / rejected and compactions
 not finished (a grid spread over sessions) are named below the tables with how far they got.
 
 Reads ``RESULTS/runs/<task>/<algo>/seed<s>/{summary.json, eval.csv}`` (what ``swfp bench grid``
-writes); writes ``report.md``, ``report.csv``, ``report_trials.csv``, ``learning_curves.png``,
+writes), and with ``--beside GRID`` the (task, method) pairs of another grid that ``RESULTS`` lacks
+(marked ``*``); writes ``report.md``, ``report.csv``, ``report_trials.csv``, ``learning_curves.png``,
 ``final_iqm.png`` and ``sample_efficiency.png`` into ``RESULTS``.
 
 ``swfp bench compare`` (:func:`compare_runs`) is the small sibling for probes of one setting: single
@@ -44,18 +45,27 @@ BOOTSTRAP_SEED = 0
 NO_INTERVAL = (float("nan"), float("nan"))
 
 
-def load_trials(results: Path) -> dict[tuple[str, str], list[dict]]:
-    """``(task, algo) -> [trial]``, each trial its summary plus its evaluation history."""
+def load_trials(results: Path, beside: list[Path] = ()) -> dict[tuple[str, str], list[dict]]:
+    """``(task, algo) -> [trial]``, each trial its summary plus its evaluation history and the grid it came from.
+
+    ``beside``: other grids whose (task, method) pairs that ``results`` does not hold are reported beside
+    it (e.g. a new SWFP schedule against the baselines of an earlier grid, run on the same BC flows)."""
     trials: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for summary_path in sorted(Path(results).glob("runs/**/seed*/summary.json")):
-        summary = json.loads(summary_path.read_text())
-        history = read_csv(summary_path.parent / "eval.csv")
-        seconds = sum(summary["seconds_per_env_step"].values()) * summary["env_steps"]
-        trials[summary["task"], summary["algorithm"]].append(
-            {**summary, "seed": summary_path.parent.name, "history": history, "wall_seconds": seconds})
-    if not trials:
-        raise FileNotFoundError(f"no finished trials under {results}/runs (expected runs/<task>/<algo>/seed<s>/"
-                                "summary.json, as `swfp bench grid` writes)")
+    for grid in (results, *beside):
+        found: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for summary_path in sorted(Path(grid).glob("runs/**/seed*/summary.json")):
+            summary = json.loads(summary_path.read_text())
+            history = read_csv(summary_path.parent / "eval.csv")
+            seconds = sum(summary["seconds_per_env_step"].values()) * summary["env_steps"]
+            found[summary["task"], summary["algorithm"]].append(
+                {**summary, "seed": summary_path.parent.name, "history": history, "wall_seconds": seconds,
+                 "grid": str(grid)})
+        if not found:
+            raise FileNotFoundError(f"no finished trials under {grid}/runs (expected runs/<task>/<algo>/seed<s>/"
+                                    "summary.json, as `swfp bench grid` writes)")
+        for key, runs in found.items():
+            if key not in trials:
+                trials[key] = runs
     return trials
 
 
@@ -127,12 +137,16 @@ def aggregate(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
         methods = sorted(a for t, a in trials if t == task)
         finals = {a: np.array([[tr["return_after"]] for tr in trials[task, a]]) for a in methods}
         iqm, interval = iqm_interval(finals)
+        det_finals = {a: np.array([[tr.get("det_return_after", np.nan)] for tr in trials[task, a]]) for a in methods}
+        det_iqm, det_interval = iqm_interval(det_finals)
         for algo in methods:
             runs = trials[task, algo]
             row = {"task": task, "algorithm": algo, "seeds": len(runs),
                    "return_before": float(np.mean([r["return_before"] for r in runs])),
                    "return_after": float(np.mean([r["return_after"] for r in runs])),
                    "iqm_after": iqm[algo], "iqm_low": interval[algo][0], "iqm_high": interval[algo][1],
+                   "det_iqm_after": det_iqm[algo], "det_iqm_low": det_interval[algo][0],
+                   "det_iqm_high": det_interval[algo][1], "grid": runs[0]["grid"],
                    "early_dip": float(np.mean([early_dip(r) for r in runs])),
                    "wall_hours": float(np.mean([r["wall_seconds"] for r in runs])) / 3600,
                    "p_swfp_better": float("nan"), "p_low": float("nan"), "p_high": float("nan")}
@@ -155,7 +169,7 @@ def trial_rows(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
             learner = {k: 1000 * status.get(f"{k}_seconds", 0.0) / max(trial["env_steps"], 1)
                        for k in ("critic", "replay", "update", "block")}
             actor = learner["block"] if "blocks" in status else learner["update"] - learner["critic"] - learner["replay"]
-            rows.append({"task": task, "algorithm": algo, "seed": trial["seed"],
+            rows.append({"task": task, "algorithm": algo, "seed": trial["seed"], "grid": trial["grid"],
                          "return_before": trial["return_before"], "return_after": trial["return_after"],
                          "det_return_after": trial.get("det_return_after", nan),
                          "largest_dip": trial.get("largest_dip_below_start", nan),
@@ -184,18 +198,23 @@ def trial_markdown(rows: list[dict]) -> str:
 
 
 def markdown(rows: list[dict], results: Path) -> str:
+    beside = sorted({r["grid"] for r in rows} - {str(results)})
     lines = [f"Fine-tuning results from `{results}` (IQM over seeds with 95 % stratified bootstrap intervals, "
-             f"rliable; early dip: deepest fall below the start in the first {EARLY_FRACTION:.0%} of the budget)", "",
-             "| task | method | seeds | before | after (mean) | after IQM [95 % CI] | P(swfp > method) [95 % CI] | "
-             "early dip | wall h/run |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"rliable; stochastic and deterministic return; early dip: deepest fall below the start in the first "
+             f"{EARLY_FRACTION:.0%} of the budget)" + (f"; rows marked * are from {', '.join(f'`{b}`' for b in beside)}"
+                                                     if beside else ""), "",
+             "| task | method | seeds | before | after (mean) | after IQM [95 % CI] | det. after IQM [95 % CI] | "
+             "P(swfp > method) [95 % CI] | early dip | wall h/run |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     def bracket(low: float, high: float, digits: int) -> str:
         return "[— 1 seed]" if np.isnan(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
 
     for r in rows:
         p = "—" if np.isnan(r["p_swfp_better"]) else f"{r['p_swfp_better']:.2f} {bracket(r['p_low'], r['p_high'], 2)}"
-        lines.append(f"| {r['task']} | {r['algorithm']} | {r['seeds']} | {r['return_before']:.1f} | "
-                     f"{r['return_after']:.1f} | {r['iqm_after']:.1f} {bracket(r['iqm_low'], r['iqm_high'], 1)} | {p} | "
+        method = r["algorithm"] + ("" if r["grid"] == str(results) else "*")
+        lines.append(f"| {r['task']} | {method} | {r['seeds']} | {r['return_before']:.1f} | "
+                     f"{r['return_after']:.1f} | {r['iqm_after']:.1f} {bracket(r['iqm_low'], r['iqm_high'], 1)} | "
+                     f"{r['det_iqm_after']:.1f} {bracket(r['det_iqm_low'], r['det_iqm_high'], 1)} | {p} | "
                      f"{r['early_dip']:.1f} | {r['wall_hours']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -256,11 +275,11 @@ def plot(trials, rows: list[dict], results: Path) -> None:
     save(fig, "final_iqm.png")
 
 
-def write_report(results: Path) -> list[dict]:
+def write_report(results: Path, beside: list[Path] = ()) -> list[dict]:
     from swfp.bench import write_rows_csv
 
     results = Path(results)
-    trials = load_trials(results)
+    trials = load_trials(results, [Path(b) for b in beside])
     rows, per_trial = aggregate(trials), trial_rows(trials)
     write_rows_csv(results / "report.csv", rows)
     write_rows_csv(results / "report_trials.csv", per_trial)

@@ -77,6 +77,10 @@ class Learner(Protocol):
     def train(self, env_step: int) -> dict[str, float]:
         """Do the updates due after ``env_step`` environment steps; return metrics to log (may be empty)."""
 
+    def pop_records(self) -> list[tuple[str, dict[str, float]]]:
+        """Events to log now, whatever ``log_every`` (e.g. SWFP's judged blocks): ``(stream, metrics)`` pairs,
+        each written as a row of ``<stream>.csv`` at the current env step; the learner forgets them."""
+
     def policy(self) -> "ActingPolicy":
         """The current policy, for evaluation and saving."""
 
@@ -286,6 +290,8 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
             clock.switch("log")
             if metrics and _crossed(before, env_step, config.log_every):
                 logger.log("train", env_step, metrics)
+            for stream, record in learner.pop_records():
+                logger.log(stream, env_step, record)
             if _crossed(before, env_step, config.eval_every) or env_step >= config.total_env_steps:
                 clock.switch("eval")
                 evaluation = {**evaluate_policy(learner.policy(), config), **learner.status()}

@@ -80,6 +80,7 @@ class FineTuner:
         self.rng = np.random.default_rng()
         self.env_step = 0
         self.seconds: dict[str, float] = {}  # cumulative wall time per phase, for the per-env-step split
+        self._records: list[tuple[str, dict[str, float]]] = []  # events for the runner to log (pop_records)
 
     # -- construction and the user API --------------------------------------------------------
     @classmethod
@@ -152,6 +153,14 @@ class FineTuner:
     def train(self, env_step: int) -> dict[str, float]:
         self.env_step = env_step
         return {}
+
+    def record(self, stream: str, metrics: dict[str, float]) -> None:
+        """Queue an event for ``<stream>.csv`` (the runner writes it at the current env step)."""
+        self._records.append((stream, metrics))
+
+    def pop_records(self) -> list[tuple[str, dict[str, float]]]:
+        records, self._records = self._records, []
+        return records
 
     def status(self) -> dict[str, float]:
         return {f"{k}_seconds": v for k, v in self.seconds.items()}
