@@ -64,7 +64,7 @@ from typing import Callable
 import torch
 
 from swfp.algorithms.base import OffPolicyConfig, OffPolicyLearner
-from swfp.blocks import BlockConfig, JKOBlock, adapt_tau, measure_block, train_block
+from swfp.blocks import BlockConfig, JKOBlock, adapt_tau, measure_block, proximal_fraction, train_block
 from swfp.buffer import Batch
 from swfp.cascade import Cascade, compact, draw_pool
 from swfp.critic import CriticConfig
@@ -122,6 +122,7 @@ class SWFPConfig(OffPolicyConfig):
     td_jump: float | None = 4.0          # reject when the held-out TD error exceeds this × its reference
     q_scale_jump: float | None = 4.0     # reject when the Q scale moved by more than this factor
     td_heldout: int = 1_000              # most recent transitions of the TD check
+    proximal_check_every: int | None = None  # every this many judged blocks, measure the proximal fraction
     critic_entropy: str = "none"         # the critic target's entropy term: "none" or "exact"
 
     def __post_init__(self):
@@ -142,6 +143,8 @@ class SWFPConfig(OffPolicyConfig):
             raise ValueError(f"block_every must be >= 1, got {self.block_every}")
         if self.compaction_steps < 0:
             raise ValueError("compaction_steps must be >= 0")
+        if self.proximal_check_every is not None and self.proximal_check_every < 1:
+            raise ValueError(f"proximal_check_every must be >= 1 (or null), got {self.proximal_check_every}")
         for name in ("tau_radius", "td_jump", "q_scale_jump"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -322,7 +325,16 @@ class SWFP(OffPolicyLearner):
             block = train_block(candidate, self.pool.obs[:size], self.pool.prefix[:size], self.objective_q,
                                 cfg.block_config(self.tau, self.alpha),
                                 torch.Generator().manual_seed(int(self.rng.integers(2**31))))
-        block.update(self.judge(candidate))
+        states = self._policy.normalize_obs(self.replay.online.sample(cfg.heldout_states, self.rng).observations)
+        heldout = draw_pool(cascade, states)  # fresh states, fresh actions of π_n
+        block.update(self.judge(candidate, *heldout))
+        judged = self.counts["accepted"] + self.counts["rejected"]
+        if cfg.proximal_check_every and judged % cfg.proximal_check_every == 0:
+            size = len(self.pool)
+            with torch.random.fork_rng():  # a diagnostic: the run's own random streams are left as they were
+                block["proximal_fraction"] = proximal_fraction(
+                    candidate, self.pool.obs[:size], self.pool.prefix[:size], *heldout, self.objective_q, self.alpha,
+                    generator=torch.Generator().manual_seed(judged))
         if block["accepted"]:
             cascade.append(candidate)
             self.entropy += block["entropy_change"]
@@ -343,14 +355,13 @@ class SWFP(OffPolicyLearner):
         self.record("blocks", self.last_block)  # every judged block is a row of blocks.csv
         return {f"block_{k}": v for k, v in self.last_block.items()}
 
-    def judge(self, candidate: JKOBlock) -> dict[str, float | bool]:
-        """The gate (module docstring): held-out members' ΔF on fresh states, held-out TD error, Q-scale jump.
+    def judge(self, candidate: JKOBlock, obs: torch.Tensor, prefix: torch.Tensor) -> dict[str, float | bool]:
+        """The gate (module docstring) on held-out ``(obs, prefix ~ π_n)``: the held-out members' ΔF, the held-out
+        TD error, the Q-scale jump.
 
         Also measures the block on the objective's own members, the trust-region certificate of the
         objective it minimised (``w2_upper ≤ trust_bound``; :func:`~swfp.blocks.measure_block`)."""
-        cfg, cascade = self.config, self._policy.cascade
-        states = self._policy.normalize_obs(self.replay.online.sample(cfg.heldout_states, self.rng).observations)
-        obs, prefix = draw_pool(cascade, states)
+        cfg = self.config
         trust = measure_block(candidate, obs, prefix, self.objective_q, self.alpha)
         held_out = measure_block(candidate, obs, prefix, self.judge_q, self.alpha)
         td_error = self.heldout_td_error(candidate)
