@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from swfp.data import DatasetError
 from swfp.envs import TaskError
@@ -33,6 +35,45 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``name`` (``"eval"``, or ``"bench grid"`` for ``grid`` in the group ``bench``), its line in
+    ``--help``, the function adding its options to its parser, and the handler returning the exit code."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: list[Command] = []  # in definition order, the order `swfp --help` lists them
+GROUPS = {"bench": "measure figures on this machine (Markdown tables and CSV)"}  # commands holding subcommands
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register the decorated handler as ``swfp NAME``, with the options ``add_arguments`` gives its parser.
+
+    Each command is its options, this decorator and its handler side by side, so adding one touches one place.
+    """
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS.append(Command(name, help, add_arguments, run))
+        return run
+    return register
+
+
+def expert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="Gymnasium id, e.g. Hopper-v5 or my_module:MyEnv-v0")
+    p.add_argument("--env-steps", type=_positive(int), default=None,
+                   help="environment steps (default: the task's built-in budget, 300k for locomotion)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--learning-starts", type=_nonnegative_int, default=5000,
+                   help="uniform-random steps before learning (capped at 10%% of the budget)")
+    p.add_argument("--eval-every", type=_positive(int), default=10_000)
+    p.add_argument("--eval-episodes", type=_positive(int), default=5)
+    p.add_argument("--out", required=True, help="expert directory to write")
+
+
+@command("expert", "train a Gaussian SAC expert (source of demonstrations)", expert_arguments)
 def cmd_expert(args) -> int:
     from swfp.algorithms.sac import SACConfig
     from swfp.envs import task_spec
@@ -49,6 +90,16 @@ def cmd_expert(args) -> int:
     return 0
 
 
+def demos_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True)
+    p.add_argument("--quality", choices=["expert", "medium"], default="medium")
+    p.add_argument("--episodes", type=_positive(int), default=50)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--expert", default=None, help="expert directory (default: the one shipped for the task)")
+    p.add_argument("--out", required=True, help="dataset file to write (.npz)")
+
+
+@command("demos", "roll out an expert to make a D4RL-style dataset (.npz)", demos_arguments)
 def cmd_demos(args) -> int:
     from swfp.demos import generate_demos
     from swfp.assets import shipped_expert_dir
@@ -65,6 +116,23 @@ def cmd_demos(args) -> int:
     return 0
 
 
+def pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help=".npz, D4RL .hdf5, Minari directory or robomimic .hdf5")
+    p.add_argument("--task", default=None, help="Gymnasium id (default: the task recorded in the dataset)")
+    p.add_argument("--steps", type=_positive(int), default=100_000)
+    p.add_argument("--batch-size", type=_positive(int), default=256)
+    p.add_argument("--lr", type=_positive(float), default=3e-4)
+    p.add_argument("--euler-steps", type=_positive(int), default=10, help="K, Euler steps of the sampler")
+    p.add_argument("--hidden-dims", type=_positive(int), nargs="+", default=None,
+                   help="velocity network widths (default: the task's, 256 256 256 for Hopper)")
+    p.add_argument("--action-chunk", type=_positive(int), default=None, help="H, actions per chunk (task default)")
+    p.add_argument("--eval-every", type=_nonnegative_int, default=0, help="gradient steps between evaluations")
+    p.add_argument("--eval-episodes", type=_positive(int), default=None)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", required=True, help="run directory to write")
+
+
+@command("pretrain", "behaviour-clone a flow policy by flow matching", pretrain_arguments)
 def cmd_pretrain(args) -> int:
     from swfp.pretrain import PretrainConfig, pretrain
 
@@ -91,6 +159,16 @@ def print_comparison(summary: dict) -> None:
     Console().print(table)
 
 
+def eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory (or its policy.json / policy.safetensors)")
+    p.add_argument("--episodes", type=_positive(int), default=10)
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="episode i is reset with seed + i")
+    p.add_argument("--deterministic", action="store_true", help="start every chain from the noise mean x0 = 0")
+    p.add_argument("--video", default=None, help="directory for an MP4 of the first episode")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+@command("eval", "evaluate a run directory or checkpoint", eval_arguments)
 def cmd_eval(args) -> int:
     from swfp.evaluate import evaluate
     from swfp.policy import load
@@ -117,6 +195,154 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# SWFP's shortcut flags: (argparse dest, config field); any other field is set with --set KEY=VALUE
+SWFP_FLAGS = (("tau", "tau"), ("q_scale", "q_scale"), ("alpha", "alpha"), ("objective", "objective"),
+              ("critic_entropy", "critic_entropy"), ("blocks_per_run", "blocks_per_run"),
+              ("max_blocks", "max_blocks"), ("block_grad_steps", "block_grad_steps"), ("tau_radius", "tau_radius"),
+              ("target_entropy", "target_entropy"))
+
+
+SHARED_FLAGS = (("utd_ratio", "utd_ratio"), ("critic_warmup_steps", "critic_warmup_steps"))
+
+
+def finetune_overrides(args, algo: str) -> dict[str, str]:
+    """``--set KEY=VALUE`` pairs plus the shortcut flags the user gave, as config overrides for ``algo``."""
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    for dest, key in SWFP_FLAGS + SHARED_FLAGS:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if algo != "swfp" and (dest, key) in SWFP_FLAGS:
+            raise ValueError(f"--{dest.replace('_', '-')} is an SWFP option; set {algo}'s hyper-parameters "
+                             f"with --set KEY=VALUE (`swfp algos --config {algo}` lists them)")
+        overrides[key] = json.dumps(value)
+    return overrides
+
+
+def finetune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="pre-trained run directory (from swfp pretrain)")
+    p.add_argument("--algo", default=None, help="method (default swfp; `swfp algos` lists them)")
+    p.add_argument("--env-steps", type=_positive(int), default=300_000)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--dataset", default=None, help="demonstrations (default: the pre-training dataset)")
+    p.add_argument("--num-envs", type=_positive(int), default=1)
+    p.add_argument("--eval-every", type=_positive(int), default=None, help="env steps (default: 1/20 of the run)")
+    p.add_argument("--eval-episodes", type=_positive(int), default=None)
+    p.add_argument("--checkpoint-every", type=_positive(int), default=None, help="env steps (default: 1/10 of the run)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any hyper-parameter of the method's config, e.g. --set critic.layer_norm=true "
+                        "(`swfp algos --config NAME` lists them); repeatable")
+    p.add_argument("--utd-ratio", type=_positive(int), default=None, help="updates per env step (off-policy methods)")
+    p.add_argument("--critic-warmup-steps", type=_nonnegative_int, default=None)
+    swfp_flags = p.add_argument_group("SWFP shortcuts (defaults in `swfp algos --config swfp`)")
+    swfp_flags.add_argument("--tau", type=_positive(float), default=None,
+                            help="JKO step size; with --q-scale gradient, the mean per-block action move")
+    swfp_flags.add_argument("--q-scale", choices=["gradient", "value", "none"], default=None,
+                            help="unit of Q in the block objective: mean |grad_a Q|, mean |Q|, or raw Q")
+    swfp_flags.add_argument("--alpha", type=float, default=None, help="entropic temperature")
+    swfp_flags.add_argument("--objective", choices=["jko", "langevin_fm"], default=None)
+    swfp_flags.add_argument("--critic-entropy", choices=["none", "exact"], default=None)
+    swfp_flags.add_argument("--blocks-per-run", type=_positive(int), default=None)
+    swfp_flags.add_argument("--max-blocks", type=_positive(int), default=None, help="N_max, then compaction")
+    swfp_flags.add_argument("--block-grad-steps", type=_positive(int), default=None, help="J")
+    swfp_flags.add_argument("--tau-radius", type=_positive(float), default=None,
+                            help="adapt tau toward this W2 per block")
+    swfp_flags.add_argument("--target-entropy", type=float, default=None, help="tune alpha toward this entropy")
+
+
+@command("finetune", "fine-tune a pre-trained flow policy online (SWFP or a baseline)", finetune_arguments)
+def cmd_finetune(args) -> int:
+    from swfp.algorithms import get_algorithm, make_config
+    from swfp.runio import read_json
+
+    out = Path(args.out)
+    if args.resume:
+        saved = read_json(out / "config.json")
+        algo, run = saved["algorithm"], saved["run"]
+        if args.algo is not None and args.algo != algo:
+            raise ValueError(f"{out} is a {algo} run; resume it with --algo {algo} (or without --algo)")
+        learner = get_algorithm(algo).from_pretrained(args.run, config=make_config(algo, saved=saved["config"]),
+                                                      dataset=args.dataset, total_env_steps=run["total_env_steps"])
+        summary = learner.learn(out=out, seed=run["seed"], num_envs=run["num_envs"], eval_every=run["eval_every"],
+                                eval_episodes=run["eval_episodes"], checkpoint_every=run["checkpoint_every"],
+                                resume=True)
+    else:
+        if out.exists() and (out / "checkpoint.pt").exists():
+            raise ValueError(f"{out} already holds a fine-tuning run; pass --resume to continue it or choose "
+                             "another --out")
+        args.algo = args.algo or "swfp"
+        config = make_config(args.algo, finetune_overrides(args, args.algo))
+        learner = get_algorithm(args.algo).from_pretrained(args.run, config=config, dataset=args.dataset,
+                                                           total_env_steps=args.env_steps)
+        summary = learner.learn(out=out, seed=args.seed, num_envs=args.num_envs, eval_every=args.eval_every,
+                                eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every)
+    print_finetune_summary(summary, out)
+    return 0
+
+
+def algos_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="NAME", help="print this method's default config as JSON")
+
+
+@command("algos", "list the fine-tuning methods (or one method's hyper-parameters)", algos_arguments)
+def cmd_algos(args) -> int:
+    """The methods ``swfp finetune --algo`` takes; with ``--config NAME``, that method's defaults."""
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from swfp.algorithms import ALGORITHMS, get_algorithm
+    if args.config:
+        config_class = get_algorithm(args.config).config_class
+        print(json.dumps(dataclasses.asdict(config_class()) if config_class else {}, indent=2))
+        return 0
+    table = Table(title="swfp finetune --algo NAME")
+    table.add_column("name")
+    table.add_column("method")
+    for name, cls in ALGORITHMS.items():
+        table.add_row(name, cls.description)
+    Console().print(table)
+    return 0
+
+
+def print_finetune_summary(summary: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['algorithm']} on {summary['task']}, {summary['env_steps']} env steps")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [("return before fine-tuning", summary["return_before"]), ("return after", summary["return_after"]),
+            ("deterministic return after", summary["det_return_after"]),
+            ("largest dip below start", summary["largest_dip_below_start"])]
+    rows += [(k.replace("_", " "), v) for k, v in summary["status"].items()]
+    rows += [(f"seconds/env step: {k}", v) for k, v in summary["seconds_per_env_step"].items()]
+    for name, value in rows:
+        table.add_row(name, f"{value:.4g}")
+    Console().print(table)
+    print(f"run directory: {out} (policy, checkpoint.pt, eval.csv, learning_curve.png)")
+
+
+def quickstart_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive(int), default=20_000, help="BC pre-training steps")
+    p.add_argument("--env-steps", type=_positive(int), default=15_000, help="SWFP fine-tuning env steps")
+    p.add_argument("--episodes", type=_positive(int), default=50, help="medium demonstration episodes")
+    p.add_argument("--eval-episodes", type=_positive(int), default=20, help="final evaluation episodes per policy")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="an SWFP hyper-parameter (swfp algos --config swfp)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", default="runs/quickstart")
+
+
+@command("quickstart", "the main job: Hopper demos -> flow BC -> SWFP, before/after with intervals",
+         quickstart_arguments)
 def cmd_quickstart(args) -> int:
     """The README's main job: Hopper medium demonstrations from the shipped expert, flow BC, SWFP fine-tuning,
     then the BC and SWFP policies evaluated side by side with 95 % intervals and the trust-region summary."""
@@ -181,101 +407,14 @@ def print_quickstart(results: dict, summary: dict, episodes: int) -> None:
     console.print("\n".join(verdicts))
 
 
-# SWFP's shortcut flags: (argparse dest, config field); any other field is set with --set KEY=VALUE
-SWFP_FLAGS = (("tau", "tau"), ("q_scale", "q_scale"), ("alpha", "alpha"), ("objective", "objective"),
-              ("critic_entropy", "critic_entropy"), ("blocks_per_run", "blocks_per_run"),
-              ("max_blocks", "max_blocks"), ("block_grad_steps", "block_grad_steps"), ("tau_radius", "tau_radius"),
-              ("target_entropy", "target_entropy"))
-SHARED_FLAGS = (("utd_ratio", "utd_ratio"), ("critic_warmup_steps", "critic_warmup_steps"))
+def bench_envs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="Hopper-v5")
+    p.add_argument("--num-envs", type=_positive(int), nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--steps", type=_positive(int), default=2000, help="vector steps timed per setting")
+    p.add_argument("--out", default="benchmarks/results/envs")
 
 
-def finetune_overrides(args, algo: str) -> dict[str, str]:
-    """``--set KEY=VALUE`` pairs plus the shortcut flags the user gave, as config overrides for ``algo``."""
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value.strip()
-    for dest, key in SWFP_FLAGS + SHARED_FLAGS:
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if algo != "swfp" and (dest, key) in SWFP_FLAGS:
-            raise ValueError(f"--{dest.replace('_', '-')} is an SWFP option; set {algo}'s hyper-parameters "
-                             f"with --set KEY=VALUE (`swfp algos --config {algo}` lists them)")
-        overrides[key] = json.dumps(value)
-    return overrides
-
-
-def cmd_finetune(args) -> int:
-    from swfp.algorithms import get_algorithm, make_config
-    from swfp.runio import read_json
-
-    out = Path(args.out)
-    if args.resume:
-        saved = read_json(out / "config.json")
-        algo, run = saved["algorithm"], saved["run"]
-        if args.algo is not None and args.algo != algo:
-            raise ValueError(f"{out} is a {algo} run; resume it with --algo {algo} (or without --algo)")
-        learner = get_algorithm(algo).from_pretrained(args.run, config=make_config(algo, saved=saved["config"]),
-                                                      dataset=args.dataset, total_env_steps=run["total_env_steps"])
-        summary = learner.learn(out=out, seed=run["seed"], num_envs=run["num_envs"], eval_every=run["eval_every"],
-                                eval_episodes=run["eval_episodes"], checkpoint_every=run["checkpoint_every"],
-                                resume=True)
-    else:
-        if out.exists() and (out / "checkpoint.pt").exists():
-            raise ValueError(f"{out} already holds a fine-tuning run; pass --resume to continue it or choose "
-                             "another --out")
-        args.algo = args.algo or "swfp"
-        config = make_config(args.algo, finetune_overrides(args, args.algo))
-        learner = get_algorithm(args.algo).from_pretrained(args.run, config=config, dataset=args.dataset,
-                                                           total_env_steps=args.env_steps)
-        summary = learner.learn(out=out, seed=args.seed, num_envs=args.num_envs, eval_every=args.eval_every,
-                                eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every)
-    print_finetune_summary(summary, out)
-    return 0
-
-
-def cmd_algos(args) -> int:
-    """The methods ``swfp finetune --algo`` takes; with ``--config NAME``, that method's defaults."""
-    import dataclasses
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from swfp.algorithms import ALGORITHMS, get_algorithm
-    if args.config:
-        config_class = get_algorithm(args.config).config_class
-        print(json.dumps(dataclasses.asdict(config_class()) if config_class else {}, indent=2))
-        return 0
-    table = Table(title="swfp finetune --algo NAME")
-    table.add_column("name")
-    table.add_column("method")
-    for name, cls in ALGORITHMS.items():
-        table.add_row(name, cls.description)
-    Console().print(table)
-    return 0
-
-
-def print_finetune_summary(summary: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{summary['algorithm']} on {summary['task']}, {summary['env_steps']} env steps")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    rows = [("return before fine-tuning", summary["return_before"]), ("return after", summary["return_after"]),
-            ("deterministic return after", summary["det_return_after"]),
-            ("largest dip below start", summary["largest_dip_below_start"])]
-    rows += [(k.replace("_", " "), v) for k, v in summary["status"].items()]
-    rows += [(f"seconds/env step: {k}", v) for k, v in summary["seconds_per_env_step"].items()]
-    for name, value in rows:
-        table.add_row(name, f"{value:.4g}")
-    Console().print(table)
-    print(f"run directory: {out} (policy, checkpoint.pt, eval.csv, learning_curve.png)")
-
-
+@command("bench envs", "synchronous vs asynchronous vector-env stepping", bench_envs_arguments)
 def cmd_bench_envs(args) -> int:
     from swfp.bench import bench_envs
 
@@ -284,50 +423,15 @@ def cmd_bench_envs(args) -> int:
     return 0
 
 
-def cmd_bench_critic(args) -> int:
-    from swfp.bench import bench_critic_entropy
-
-    bench_critic_entropy(args.tasks, args.repeats, Path(args.out))
-    print((Path(args.out) / "critic_entropy.md").read_text())
-    return 0
-
-
-def cmd_bench_compaction(args) -> int:
-    from swfp.bench import bench_compaction
-
-    bench_compaction(Path(args.run), args.episodes, args.state_episodes, args.steps, args.seed, Path(args.out))
-    print((Path(args.out) / "compaction.md").read_text())
-    return 0
+def bench_bc_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5"])
+    p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=_positive(int), default=20_000, help="pre-training steps per run")
+    p.add_argument("--episodes", type=_positive(int), default=50, help="medium episodes per dataset")
+    p.add_argument("--out", default="benchmarks/results/bc")
 
 
-def cmd_bench_compute(args) -> int:
-    from swfp.compute import ComputeConfig, bench_compute
-
-    config = ComputeConfig(task=args.task, euler_steps=args.euler_steps, block_counts=args.block_counts,
-                           repeats=args.repeats, threads=args.threads)
-    bench_compute(config, Path(args.out))
-    print((Path(args.out) / "compute.md").read_text())
-    return 0
-
-
-def cmd_bench_loop(args) -> int:
-    from swfp.compute import LoopConfig, bench_loop
-
-    config = LoopConfig(pretrained=args.run, algo=args.algo, env_steps=args.env_steps, budget=args.budget, seed=args.seed,
-                        repeats=args.repeats, threads=args.threads, settings=finetune_overrides(args, args.algo))
-    bench_loop(config, Path(args.out))
-    print((Path(args.out) / "loop.md").read_text())
-    return 0
-
-
-def cmd_bench_readme(args) -> int:
-    from swfp.readme import update_readme
-
-    update_readme(Path(args.readme), Path(args.results))
-    print(f"{args.readme}: results block regenerated from {args.results}")
-    return 0
-
-
+@command("bench bc", "BC return vs dataset return on medium demonstrations, several seeds", bench_bc_arguments)
 def cmd_bench_bc(args) -> int:
     from swfp.bench import bench_bc
 
@@ -336,6 +440,31 @@ def cmd_bench_bc(args) -> int:
     return 0
 
 
+def bench_grid_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["small", "full"], default=None,
+                   help="small: Hopper+Walker2d, swfp bptt reinflow dsrl rlpd bc, 3 seeds, 200k steps; "
+                        "full: 5 tasks, every method, 5 seeds, 1M steps (explicit flags override)")
+    p.add_argument("--tasks", nargs="+", default=None)
+    p.add_argument("--algos", nargs="+", default=None)
+    p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=None)
+    p.add_argument("--env-steps", type=_positive(int), default=None)
+    p.add_argument("--pretrain-steps", type=_positive(int), default=20_000, help="BC steps per (task, seed)")
+    p.add_argument("--dataset", action="append", metavar="TASK=PATH",
+                   help="demonstrations for a task (default: medium data made from the shipped expert)")
+    p.add_argument("--eval-episodes", type=_positive(int), default=None)
+    p.add_argument("--num-envs", type=_positive(int), default=1)
+    p.add_argument("--set", action="append", metavar="ALGO:KEY=VALUE",
+                   help="a hyper-parameter of one method's trials, e.g. swfp:tau=0.05; repeatable")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--ray-address", default=None, help="a Ray cluster's address (default: a local Ray instance)")
+    p.add_argument("--workers", type=_positive(int), default=None, help="trials at once (default: the cores)")
+    p.add_argument("--stop-after", type=_positive(float), default=None, metavar="MINUTES",
+                   help="stop running trials after this long, checkpointed (the same command resumes them)")
+    p.add_argument("--out", default="benchmarks/results/grid")
+
+
+@command("bench grid", "every (task, method, seed) as a resumable fine-tuning trial, local or Ray",
+         bench_grid_arguments)
 def cmd_bench_grid(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -376,6 +505,14 @@ def cmd_bench_grid(args) -> int:
     return 0 if all(r["state"] == "done" for r in rows) else 1
 
 
+def bench_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", help="the grid's directory (holding runs/<task>/<algo>/seed<s>/)")
+    p.add_argument("--beside", action="append", metavar="GRID",
+                   help="another grid whose methods RESULTS lacks are reported beside it (marked *); repeatable")
+
+
+@command("bench report", "aggregate a grid: IQM with bootstrap intervals, P(improvement), dips, plots",
+         bench_report_arguments)
 def cmd_bench_report(args) -> int:
     from swfp.report import write_report
 
@@ -384,6 +521,15 @@ def cmd_bench_report(args) -> int:
     return 0
 
 
+def bench_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="`swfp finetune` run directories (finished or not)")
+    p.add_argument("--labels", nargs="+", help="one per run (default: the directories' names)")
+    p.add_argument("--last", type=_positive(int), default=3, help="evaluations averaged in the summary row")
+    p.add_argument("--out", required=True)
+
+
+@command("bench compare", "single runs side by side at shared env steps, with their config differences",
+         bench_compare_arguments)
 def cmd_bench_compare(args) -> int:
     from swfp.report import compare_runs
 
@@ -403,159 +549,26 @@ def _timing_arguments(p: argparse.ArgumentParser, repeats: int, out: str) -> Non
     p.add_argument("--out", default=out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swfp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("expert", help="train a Gaussian SAC expert (source of demonstrations)")
-    p.add_argument("--task", required=True, help="Gymnasium id, e.g. Hopper-v5 or my_module:MyEnv-v0")
-    p.add_argument("--env-steps", type=_positive(int), default=None,
-                   help="environment steps (default: the task's built-in budget, 300k for locomotion)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--learning-starts", type=_nonnegative_int, default=5000,
-                   help="uniform-random steps before learning (capped at 10%% of the budget)")
-    p.add_argument("--eval-every", type=_positive(int), default=10_000)
-    p.add_argument("--eval-episodes", type=_positive(int), default=5)
-    p.add_argument("--out", required=True, help="expert directory to write")
-    p.set_defaults(func=cmd_expert)
-
-    p = sub.add_parser("demos", help="roll out an expert to make a D4RL-style dataset (.npz)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--quality", choices=["expert", "medium"], default="medium")
-    p.add_argument("--episodes", type=_positive(int), default=50)
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--expert", default=None, help="expert directory (default: the one shipped for the task)")
-    p.add_argument("--out", required=True, help="dataset file to write (.npz)")
-    p.set_defaults(func=cmd_demos)
-
-    p = sub.add_parser("pretrain", help="behaviour-clone a flow policy by flow matching")
-    p.add_argument("--dataset", required=True, help=".npz, D4RL .hdf5, Minari directory or robomimic .hdf5")
-    p.add_argument("--task", default=None, help="Gymnasium id (default: the task recorded in the dataset)")
-    p.add_argument("--steps", type=_positive(int), default=100_000)
-    p.add_argument("--batch-size", type=_positive(int), default=256)
-    p.add_argument("--lr", type=_positive(float), default=3e-4)
-    p.add_argument("--euler-steps", type=_positive(int), default=10, help="K, Euler steps of the sampler")
-    p.add_argument("--hidden-dims", type=_positive(int), nargs="+", default=None,
-                   help="velocity network widths (default: the task's, 256 256 256 for Hopper)")
-    p.add_argument("--action-chunk", type=_positive(int), default=None, help="H, actions per chunk (task default)")
-    p.add_argument("--eval-every", type=_nonnegative_int, default=0, help="gradient steps between evaluations")
-    p.add_argument("--eval-episodes", type=_positive(int), default=None)
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--out", required=True, help="run directory to write")
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
-    p.add_argument("run", help="run directory (or its policy.json / policy.safetensors)")
-    p.add_argument("--episodes", type=_positive(int), default=10)
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="episode i is reset with seed + i")
-    p.add_argument("--deterministic", action="store_true", help="start every chain from the noise mean x0 = 0")
-    p.add_argument("--video", default=None, help="directory for an MP4 of the first episode")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("finetune", help="fine-tune a pre-trained flow policy online (SWFP or a baseline)")
-    p.add_argument("run", help="pre-trained run directory (from swfp pretrain)")
-    p.add_argument("--algo", default=None, help="method (default swfp; `swfp algos` lists them)")
-    p.add_argument("--env-steps", type=_positive(int), default=300_000)
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
-    p.add_argument("--dataset", default=None, help="demonstrations (default: the pre-training dataset)")
-    p.add_argument("--num-envs", type=_positive(int), default=1)
-    p.add_argument("--eval-every", type=_positive(int), default=None, help="env steps (default: 1/20 of the run)")
-    p.add_argument("--eval-episodes", type=_positive(int), default=None)
-    p.add_argument("--checkpoint-every", type=_positive(int), default=None, help="env steps (default: 1/10 of the run)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any hyper-parameter of the method's config, e.g. --set critic.layer_norm=true "
-                        "(`swfp algos --config NAME` lists them); repeatable")
-    p.add_argument("--utd-ratio", type=_positive(int), default=None, help="updates per env step (off-policy methods)")
-    p.add_argument("--critic-warmup-steps", type=_nonnegative_int, default=None)
-    swfp_flags = p.add_argument_group("SWFP shortcuts (defaults in `swfp algos --config swfp`)")
-    swfp_flags.add_argument("--tau", type=_positive(float), default=None,
-                            help="JKO step size; with --q-scale gradient, the mean per-block action move")
-    swfp_flags.add_argument("--q-scale", choices=["gradient", "value", "none"], default=None,
-                            help="unit of Q in the block objective: mean |grad_a Q|, mean |Q|, or raw Q")
-    swfp_flags.add_argument("--alpha", type=float, default=None, help="entropic temperature")
-    swfp_flags.add_argument("--objective", choices=["jko", "langevin_fm"], default=None)
-    swfp_flags.add_argument("--critic-entropy", choices=["none", "exact"], default=None)
-    swfp_flags.add_argument("--blocks-per-run", type=_positive(int), default=None)
-    swfp_flags.add_argument("--max-blocks", type=_positive(int), default=None, help="N_max, then compaction")
-    swfp_flags.add_argument("--block-grad-steps", type=_positive(int), default=None, help="J")
-    swfp_flags.add_argument("--tau-radius", type=_positive(float), default=None,
-                            help="adapt tau toward this W2 per block")
-    swfp_flags.add_argument("--target-entropy", type=float, default=None, help="tune alpha toward this entropy")
-    p.set_defaults(func=cmd_finetune)
-
-    p = sub.add_parser("algos", help="list the fine-tuning methods (or one method's hyper-parameters)")
-    p.add_argument("--config", default=None, metavar="NAME", help="print this method's default config as JSON")
-    p.set_defaults(func=cmd_algos)
-
-    p = sub.add_parser("quickstart", help="the main job: Hopper demos -> flow BC -> SWFP, before/after with intervals")
-    p.add_argument("--steps", type=_positive(int), default=20_000, help="BC pre-training steps")
-    p.add_argument("--env-steps", type=_positive(int), default=15_000, help="SWFP fine-tuning env steps")
-    p.add_argument("--episodes", type=_positive(int), default=50, help="medium demonstration episodes")
-    p.add_argument("--eval-episodes", type=_positive(int), default=20, help="final evaluation episodes per policy")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="an SWFP hyper-parameter (swfp algos --config swfp)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--out", default="runs/quickstart")
-    p.set_defaults(func=cmd_quickstart)
-
-    bench = sub.add_parser("bench", help="measure figures on this machine (Markdown tables and CSV)")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    p = bench_sub.add_parser("envs", help="synchronous vs asynchronous vector-env stepping")
-    p.add_argument("--task", default="Hopper-v5")
-    p.add_argument("--num-envs", type=_positive(int), nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--steps", type=_positive(int), default=2000, help="vector steps timed per setting")
-    p.add_argument("--out", default="benchmarks/results/envs")
-    p.set_defaults(func=cmd_bench_envs)
-    p = bench_sub.add_parser("bc", help="BC return vs dataset return on medium demonstrations, several seeds")
-    p.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5"])
-    p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=_positive(int), default=20_000, help="pre-training steps per run")
-    p.add_argument("--episodes", type=_positive(int), default=50, help="medium episodes per dataset")
-    p.add_argument("--out", default="benchmarks/results/bc")
-    p.set_defaults(func=cmd_bench_bc)
-    p = bench_sub.add_parser("grid", help="every (task, method, seed) as a resumable fine-tuning trial, local or Ray")
-    p.add_argument("--preset", choices=["small", "full"], default=None,
-                   help="small: Hopper+Walker2d, swfp bptt reinflow dsrl rlpd bc, 3 seeds, 200k steps; "
-                        "full: 5 tasks, every method, 5 seeds, 1M steps (explicit flags override)")
-    p.add_argument("--tasks", nargs="+", default=None)
-    p.add_argument("--algos", nargs="+", default=None)
-    p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=None)
-    p.add_argument("--env-steps", type=_positive(int), default=None)
-    p.add_argument("--pretrain-steps", type=_positive(int), default=20_000, help="BC steps per (task, seed)")
-    p.add_argument("--dataset", action="append", metavar="TASK=PATH",
-                   help="demonstrations for a task (default: medium data made from the shipped expert)")
-    p.add_argument("--eval-episodes", type=_positive(int), default=None)
-    p.add_argument("--num-envs", type=_positive(int), default=1)
-    p.add_argument("--set", action="append", metavar="ALGO:KEY=VALUE",
-                   help="a hyper-parameter of one method's trials, e.g. swfp:tau=0.05; repeatable")
-    p.add_argument("--executor", choices=["local", "ray"], default="local")
-    p.add_argument("--ray-address", default=None, help="a Ray cluster's address (default: a local Ray instance)")
-    p.add_argument("--workers", type=_positive(int), default=None, help="trials at once (default: the cores)")
-    p.add_argument("--stop-after", type=_positive(float), default=None, metavar="MINUTES",
-                   help="stop running trials after this long, checkpointed (the same command resumes them)")
-    p.add_argument("--out", default="benchmarks/results/grid")
-    p.set_defaults(func=cmd_bench_grid)
-    p = bench_sub.add_parser("report", help="aggregate a grid: IQM with bootstrap intervals, P(improvement), dips, plots")
-    p.add_argument("results", help="the grid's directory (holding runs/<task>/<algo>/seed<s>/)")
-    p.add_argument("--beside", action="append", metavar="GRID",
-                   help="another grid whose methods RESULTS lacks are reported beside it (marked *); repeatable")
-    p.set_defaults(func=cmd_bench_report)
-    p = bench_sub.add_parser("compare", help="single runs side by side at shared env steps, with their config differences")
-    p.add_argument("runs", nargs="+", help="`swfp finetune` run directories (finished or not)")
-    p.add_argument("--labels", nargs="+", help="one per run (default: the directories' names)")
-    p.add_argument("--last", type=_positive(int), default=3, help="evaluations averaged in the summary row")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_bench_compare)
-    p = bench_sub.add_parser("compute", help="update time/memory against K (SWFP block vs bptt); inference vs blocks")
+def bench_compute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="Hopper-v5", help="network sizes of this task")
     p.add_argument("--euler-steps", type=_positive(int), nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--block-counts", type=_nonnegative_int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32])
     _timing_arguments(p, repeats=20, out="benchmarks/results/compute")
-    p.set_defaults(func=cmd_bench_compute)
-    p = bench_sub.add_parser("loop", help="wall time per env step of a fine-tuning run by phase, against the floor")
+
+
+@command("bench compute", "update time/memory against K (SWFP block vs bptt); inference vs blocks",
+         bench_compute_arguments)
+def cmd_bench_compute(args) -> int:
+    from swfp.compute import ComputeConfig, bench_compute
+
+    config = ComputeConfig(task=args.task, euler_steps=args.euler_steps, block_counts=args.block_counts,
+                           repeats=args.repeats, threads=args.threads)
+    bench_compute(config, Path(args.out))
+    print((Path(args.out) / "compute.md").read_text())
+    return 0
+
+
+def bench_loop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="pre-trained run directory (from swfp pretrain)")
     p.add_argument("--algo", default="swfp", help="an off-policy method (swfp, bptt, dsrl, fql, dipo, sac, rlpd)")
     p.add_argument("--env-steps", type=_positive(int), default=20_000, help="env steps run and timed")
@@ -564,17 +577,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyper-parameter of the method; repeatable")
     _timing_arguments(p, repeats=50, out="benchmarks/results/loop")
-    p.set_defaults(func=cmd_bench_loop)
-    p = bench_sub.add_parser("readme", help="regenerate README.md's results block from benchmarks/results")
+
+
+@command("bench loop", "wall time per env step of a fine-tuning run by phase, against the floor", bench_loop_arguments)
+def cmd_bench_loop(args) -> int:
+    from swfp.compute import LoopConfig, bench_loop
+
+    config = LoopConfig(pretrained=args.run, algo=args.algo, env_steps=args.env_steps, budget=args.budget, seed=args.seed,
+                        repeats=args.repeats, threads=args.threads, settings=finetune_overrides(args, args.algo))
+    bench_loop(config, Path(args.out))
+    print((Path(args.out) / "loop.md").read_text())
+    return 0
+
+
+def bench_readme_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="benchmarks/results")
     p.add_argument("--readme", default="README.md")
-    p.set_defaults(func=cmd_bench_readme)
-    p = bench_sub.add_parser("critic", help="cost of the critic update with and without the exact entropy term")
+
+
+@command("bench readme", "regenerate README.md's results block from benchmarks/results", bench_readme_arguments)
+def cmd_bench_readme(args) -> int:
+    from swfp.readme import update_readme
+
+    update_readme(Path(args.readme), Path(args.results))
+    print(f"{args.readme}: results block regenerated from {args.results}")
+    return 0
+
+
+def bench_critic_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "Ant-v5"])
     p.add_argument("--repeats", type=_positive(int), default=30)
     p.add_argument("--out", default="benchmarks/results/critic")
-    p.set_defaults(func=cmd_bench_critic)
-    p = bench_sub.add_parser("compaction", help="a SWFP run's cascade vs its compacted flow: paired returns, actions")
+
+
+@command("bench critic", "cost of the critic update with and without the exact entropy term", bench_critic_arguments)
+def cmd_bench_critic(args) -> int:
+    from swfp.bench import bench_critic_entropy
+
+    bench_critic_entropy(args.tasks, args.repeats, Path(args.out))
+    print((Path(args.out) / "critic_entropy.md").read_text())
+    return 0
+
+
+def bench_compaction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a SWFP run directory (finished or checkpointed) whose policy holds blocks")
     p.add_argument("--episodes", type=_positive(int), default=100, help="paired evaluation episodes per policy")
     p.add_argument("--state-episodes", type=_positive(int), default=40,
@@ -582,7 +627,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive(int), default=2000, help="compaction steps (SWFP's compaction_steps)")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_bench_compaction)
+
+
+@command("bench compaction", "a SWFP run's cascade vs its compacted flow: paired returns, actions",
+         bench_compaction_arguments)
+def cmd_bench_compaction(args) -> int:
+    from swfp.bench import bench_compaction
+
+    bench_compaction(Path(args.run), args.episodes, args.state_episodes, args.steps, args.seed, Path(args.out))
+    print((Path(args.out) / "compaction.md").read_text())
+    return 0
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``swfp`` parser: one subparser per registered command, a group's commands under the group's own."""
+    parser = argparse.ArgumentParser(prog="swfp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    group_subparsers = {}
+    for cmd in COMMANDS:
+        group, _, name = cmd.name.rpartition(" ")
+        if group and group not in group_subparsers:
+            group_parser = sub.add_parser(group, help=GROUPS[group])
+            group_subparsers[group] = group_parser.add_subparsers(dest=f"{group}_command", required=True)
+        p = (group_subparsers[group] if group else sub).add_parser(name, help=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(func=cmd.run)
     return parser
 
 
