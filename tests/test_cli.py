@@ -88,6 +88,7 @@ def test_eval_video(pipeline, tmp_path):
     (["pretrain", "--dataset", "missing.npz", "--out", "x"], "missing.npz"),
     (["eval", "nowhere"], "no swfp policy"),
     (["expert", "--task", "Hoper-v5", "--out", "x"], "unknown task 'Hoper-v5'"),
+    (["demos", "--task", "Hoper-v5", "--out", "x"], "unknown task 'Hoper-v5'"),
     (["pretrain", "--dataset", "d.npz", "--steps", "0", "--out", "x"], "must be > 0"),
 ])
 def test_bad_input_gets_a_clear_error(args, message, tmp_path):

@@ -103,7 +103,9 @@ def demos_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_demos(args) -> int:
     from swfp.demos import generate_demos
     from swfp.assets import shipped_expert_dir
+    from swfp.envs import task_spec
 
+    task_spec(args.task)  # a misspelt id is reported as an unknown task, not as a missing expert for it
     expert_dir = Path(args.expert) if args.expert else shipped_expert_dir(args.task)
     if not (expert_dir / "expert.json").is_file():
         raise FileNotFoundError(f"no expert at {expert_dir}: train one with `swfp expert --task {args.task} "
