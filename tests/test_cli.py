@@ -1,6 +1,8 @@
 """The command line end to end on a tiny budget: expert -> demos -> pretrain -> eval, and its errors."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -96,6 +98,24 @@ def test_bad_input_gets_a_clear_error(args, message, tmp_path):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_policy_with_non_finite_weights_is_refused(bandit_bc, tmp_path, capsys):
+    """A diverged run's NaN weights would otherwise evaluate silently (Gymnasium only warns of a NaN reward)."""
+    from swfp.cli import main
+    from swfp.runio import CheckpointError, load_tensors, save_tensors
+
+    run = shutil.copytree(bandit_bc / "bc", tmp_path / "bc")
+    tensors = load_tensors(run / "policy.safetensors")
+    name = next(k for k in tensors if k.startswith("flow.") and k.endswith("weight"))
+    tensors[name][0, 0] = float("nan")
+    save_tensors(run / "policy.safetensors", tensors)
+    with pytest.raises(CheckpointError, match=re.escape(f"{run / 'policy.safetensors'} holds NaN or infinite "
+                                                        f"values in ['{name}']")):
+        swfp.load(run)
+    assert main(["eval", str(run), "--episodes", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("swfp eval: error: checkpoint ") and error.count("\n") == 1
 
 
 @pytest.mark.parametrize("command", [["expert"], ["demos"], ["pretrain"], ["eval"], ["quickstart"], ["algos"],

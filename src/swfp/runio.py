@@ -95,14 +95,22 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, refusing NaN or infinite values: weights of a run that diverged would
+    otherwise load and act silently (a NaN action's only sign is Gymnasium's warning of a NaN reward)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({exc}); "
                               "re-create it with the command that wrote it") from exc
+    non_finite = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if non_finite:
+        raise CheckpointError(f"checkpoint {path} holds NaN or infinite values in {non_finite[:4]}: the training "
+                              "that wrote it diverged; re-run it (with a smaller learning rate or step size if it "
+                              "diverges again) or use an earlier checkpoint")
+    return tensors
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
