@@ -118,6 +118,18 @@ def test_a_policy_with_non_finite_weights_is_refused(bandit_bc, tmp_path, capsys
     assert error.startswith("swfp eval: error: checkpoint ") and error.count("\n") == 1
 
 
+def test_eval_video_into_a_directory_that_cannot_be_made(bandit_bc, tmp_path, capsys):
+    """Checked before any episode runs, with the directory and the reason, not a bare [Errno 20] at the end."""
+    from swfp.cli import main
+
+    (tmp_path / "notes.txt").write_text("a file, not a directory")
+    video = tmp_path / "notes.txt" / "videos"
+    assert main(["eval", str(bandit_bc / "bc"), "--episodes", "1", "--video", str(video)]) == 2
+    error = capsys.readouterr().err
+    assert f"cannot create the video directory {video}: {tmp_path / 'notes.txt'} is a file" in error
+    assert error.count("\n") == 1
+
+
 @pytest.mark.parametrize("command", [["expert"], ["demos"], ["pretrain"], ["eval"], ["quickstart"], ["algos"],
                                      ["finetune"], ["bench", "envs"], ["bench", "bc"], ["bench", "critic"],
                                      ["bench", "grid"], ["bench", "report"], ["bench", "compaction"]])

@@ -62,6 +62,7 @@ def evaluate(action_fn: ActionFn, task_id: str, episodes: int, seed: int, action
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     steps_limit = max_episode_steps or task_spec(task_id).max_episode_steps
     if video_dir is not None:
+        make_video_dir(Path(video_dir))
         os.environ.setdefault("MUJOCO_GL", "egl")
     envs = [make_env(task_id, render_mode="rgb_array" if (video_dir is not None and i == 0) else None,
                      max_episode_steps=steps_limit) for i in range(episodes)]
@@ -98,6 +99,17 @@ def evaluate(action_fn: ActionFn, task_id: str, episodes: int, seed: int, action
         write_video(Path(video_dir) / "episode_0.mp4", frames, fps=envs[0].metadata.get("render_fps", 30))
     defines_success = any(s is not None for s in successes)
     return EvalResult(returns, lengths, [bool(s) for s in successes] if defines_success else None)
+
+
+def make_video_dir(video_dir: Path) -> None:
+    """Create ``video_dir`` before any episode runs: a path that cannot hold the video fails at once, saying
+    which directory and why, rather than as a bare ``[Errno 20]`` once the whole evaluation is done."""
+    try:
+        video_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        file_in_the_way = next((p for p in (video_dir, *video_dir.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{file_in_the_way} is a file, not a directory" if file_in_the_way else exc.strerror
+        raise ValueError(f"cannot create the video directory {video_dir}: {reason}") from exc
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
