@@ -108,7 +108,7 @@ class SWFPConfig(OffPolicyConfig):
     box_weight: float = 10.0             # λ: (λ/2)·‖T(a) − clip(T(a))‖² pulls out-of-box components back
     block_hidden_dims: tuple[int, ...] = (128, 128)
     block_sub_steps: int = 1
-    block_lr: float = 3e-4
+    block_lr: float = 1e-3
     block_batch_size: int = 256
     block_grad_steps: int = 500          # J, the batched schedule's steps per block
     pool_size: int = 10_000              # acted states whose prefix actions the blocks train on
