@@ -4,6 +4,11 @@ Episode ``i`` is reset with seed ``seed + i``, so two evaluations with the same 
 initial states and (for a deterministic policy) give the same returns. All episodes run side by
 side and the policy is called once per step on the batch of still-running episodes. A policy
 that returns an action chunk of ``H`` steps has it executed open-loop before it is asked again.
+
+:func:`evaluate_seeded` is the one evaluator of a policy object, used by fine-tuning and
+pre-training runs, ``swfp eval`` and ``swfp bench report --rescore``: it also seeds the policy's
+own noise with ``seed``, so a stochastic evaluation is reproduced by the same ``(episodes, seed)``,
+which every run records in its ``eval.csv`` (:func:`recorded_evaluation`).
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
+import torch
 
 from swfp.envs import make_env, success_from_info, task_spec
-from swfp.runio import atomic_write
+from swfp.logger import read_csv
+from swfp.runio import CheckpointError, atomic_write
 
 # action_fn(observations (B, obs_dim)) -> actions (B, H * act_dim) in [-1, 1]
 ActionFn = Callable[[np.ndarray], np.ndarray]
@@ -99,6 +106,51 @@ def evaluate(action_fn: ActionFn, task_id: str, episodes: int, seed: int, action
         write_video(Path(video_dir) / "episode_0.mp4", frames, fps=envs[0].metadata.get("render_fps", 30))
     defines_success = any(s is not None for s in successes)
     return EvalResult(returns, lengths, [bool(s) for s in successes] if defines_success else None)
+
+
+class ActingPolicy(Protocol):
+    """What :func:`evaluate_seeded` evaluates: any loaded policy (:class:`swfp.policy.EnvPolicy`) or a
+    method's acting policy during a run."""
+
+    action_chunk: int
+
+    def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
+
+
+def evaluate_seeded(policy: ActingPolicy, task_id: str, episodes: int, seed: int, deterministic: bool = False,
+                    video_dir: Path | None = None) -> EvalResult:
+    """Evaluate ``policy`` on episodes seeded ``seed + i`` with its noise drawn from torch's generator seeded
+    with ``seed``, inside :func:`torch.random.fork_rng`: the caller's random streams (a run's training) are
+    left as they were, and the same ``(episodes, seed)`` gives the same returns for the same weights.
+
+    Bit-for-bit equality also needs the same machine and torch thread count (``OMP_NUM_THREADS``): the
+    reductions inside a matrix product depend on them, and over a long episode a last-bit difference in
+    an action can grow into another trajectory.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return evaluate(lambda o: policy.normalized_actions(o, deterministic=deterministic), task_id, episodes,
+                        seed=seed, action_chunk=policy.action_chunk, video_dir=video_dir)
+
+
+def seed_columns(episodes: int, seed: int) -> dict[str, int]:
+    """The columns an ``eval.csv`` row records its evaluation's seeds in (read by :func:`recorded_evaluation`)."""
+    return {"eval_episodes": episodes, "eval_seed": seed}
+
+
+def recorded_evaluation(run_dir: Path) -> dict[str, float]:
+    """The last row of a run's ``eval.csv``: its env step, returns and the ``eval_episodes`` / ``eval_seed``
+    that :func:`evaluate_seeded` reproduces it with."""
+    path = Path(run_dir) / "eval.csv"
+    rows = read_csv(path) if path.is_file() else []
+    if not rows:
+        raise CheckpointError(f"{path} is missing or empty: the run has not evaluated its policy yet")
+    last = rows[-1]
+    if last.get("eval_seed") is None or last.get("eval_episodes") is None:
+        raise CheckpointError(f"{path} records no evaluation seeds (written before swfp recorded them, and its "
+                              "policy noise came from the training's random stream): evaluate with --episodes "
+                              "and --seed instead")
+    return last
 
 
 def make_video_dir(video_dir: Path) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from swfp.data import Dataset, action_bounds, load_dataset, normalize_actions
 from swfp.envs import env_dims, task_spec
-from swfp.evaluate import evaluate
+from swfp.evaluate import evaluate_seeded, seed_columns
 from swfp.flow import FlowConfig, FlowPolicy
 from swfp.logger import MetricLogger, make_progress, plot_learning_curve
 from swfp.policy import Policy
@@ -124,10 +124,10 @@ def pretrain(config: PretrainConfig, out: Path) -> dict:
     start, running_loss, window = time.time(), 0.0, 0
 
     def run_eval(step: int) -> dict:
-        result = evaluate(lambda o: policy.normalized_actions(o), config.task, config.eval_episodes,
-                          seed=config.seed + 100_000, action_chunk=config.action_chunk)
-        summary = result.summary()
-        logger.log("eval", step, {k: summary[k] for k in ("return_mean", "return_std", "return_iqm")})
+        seed = config.seed + 100_000
+        summary = evaluate_seeded(policy, config.task, config.eval_episodes, seed).summary()
+        logger.log("eval", step, {**{k: summary[k] for k in ("return_mean", "return_std", "return_iqm")},
+                                  **seed_columns(config.eval_episodes, seed)})
         return summary
 
     with make_progress() as progress:

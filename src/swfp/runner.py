@@ -9,7 +9,10 @@ specific to it; the runner owns everything else, so methods compare on equal ter
   first evaluation, so the step-0 evaluation is the return the online phase starts from.
 * **Evaluation** every ``eval_every`` env steps (and before the first step, which gives the
   pre-fine-tuning return), on fresh environments seeded by the run seed, with the stochastic policy
-  and with the deterministic one (chains started from the noise mean).
+  and with the deterministic one (chains started from the noise mean), by the one evaluator
+  :func:`swfp.evaluate.evaluate_seeded`: its episodes and noise come from ``seed + 1,000,000``, not
+  from the training's random streams, and every ``eval.csv`` row records them (``eval_episodes``,
+  ``eval_seed``), so ``swfp eval RUN --recorded`` reproduces the run's last evaluation.
 * **Checkpoints** every ``checkpoint_every`` env steps: one file, ``checkpoint.pt``, written
   atomically with ``torch.save`` and read back with ``torch.load(weights_only=True)`` (no arbitrary
   unpickling). It holds the learner (networks, optimisers, replay, schedules and its own numpy
@@ -40,20 +43,17 @@ import numpy as np
 import torch
 
 from swfp.envs import make_vector_env, step_vector_env, task_spec
-from swfp.evaluate import evaluate
+from swfp.evaluate import ActingPolicy, evaluate_seeded, seed_columns
 from swfp.logger import MetricLogger, make_progress, plot_learning_curve, read_csv
 from swfp.runio import CheckpointError, atomic_write, atomic_write_json, atomic_write_text, write_run_metadata
 
 CHECKPOINT = "checkpoint.pt"
+EVAL_SEED_OFFSET = 1_000_000
 
 
-class ActingPolicy(Protocol):
+class SavablePolicy(ActingPolicy, Protocol):
     """What the runner evaluates and saves: a flow :class:`~swfp.policy.Policy`, or a
-    :class:`~swfp.algorithms.base.NetworkPolicy` for methods whose policy is not a flow cascade."""
-
-    action_chunk: int
-
-    def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
+    :class:`~swfp.algorithms.network_policy.NetworkPolicy` for methods whose policy is not a flow cascade."""
 
     def save(self, directory: Path) -> Path: ...
 
@@ -81,7 +81,7 @@ class Learner(Protocol):
         """Events to log now, whatever ``log_every`` (e.g. SWFP's judged blocks): ``(stream, metrics)`` pairs,
         each written as a row of ``<stream>.csv`` at the current env step; the learner forgets them."""
 
-    def policy(self) -> "ActingPolicy":
+    def policy(self) -> "SavablePolicy":
         """The current policy, for evaluation and saving."""
 
     def status(self) -> dict[str, float]:
@@ -143,16 +143,21 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
+def evaluation_seed(config: RunConfig) -> int:
+    """The run's evaluation seed: episode ``i`` starts from ``seed + i`` and the policy's noise from ``seed``.
+    Offset from the run seed so that no evaluation episode is one the run trains on."""
+    return config.seed + EVAL_SEED_OFFSET
+
+
 def evaluate_policy(policy: ActingPolicy, config: RunConfig, deterministic_too: bool = True) -> dict[str, float]:
-    """Stochastic (and deterministic) returns of ``policy`` on the run's fixed evaluation seeds."""
-    out = {}
+    """Stochastic (and deterministic) returns of ``policy`` on the run's fixed evaluation seeds, and the seeds."""
+    seed = evaluation_seed(config)
+    out: dict[str, float] = {}
     for label, deterministic in (("", False), ("det_", True))[: 2 if deterministic_too else 1]:
-        result = evaluate(lambda o: policy.normalized_actions(o, deterministic=deterministic), config.task,
-                          config.eval_episodes, seed=config.seed + 1_000_000, action_chunk=policy.action_chunk)
-        summary = result.summary()
+        summary = evaluate_seeded(policy, config.task, config.eval_episodes, seed, deterministic).summary()
         out.update({f"{label}return_mean": summary["return_mean"], f"{label}return_std": summary["return_std"],
                     f"{label}return_iqm": summary["return_iqm"]})
-    return out
+    return {**out, **seed_columns(config.eval_episodes, seed)}
 
 
 def rng_state(rng: np.random.Generator) -> str:
@@ -317,6 +322,7 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
                "return_before": before_return, "return_after": final["return_mean"],
                "det_return_before": history[0]["det_return_mean"], "det_return_after": final["det_return_mean"],
                "largest_dip_below_start": max(0.0, before_return - min(r["return_mean"] for r in history)),
+               **seed_columns(config.eval_episodes, evaluation_seed(config)),
                "wall_seconds": round(sum(clock.seconds.values()), 1),
                "seconds_per_env_step": {k: v / max(env_step, 1) for k, v in clock.seconds.items()},
                "status": learner.status()}
