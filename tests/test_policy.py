@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from swfp.flow import FlowConfig, FlowPolicy
-from swfp.policy import Policy, load
+from swfp.loader import load
+from swfp.policy import Policy
 from swfp.pretrain import chunk_targets, lr_factor
 from swfp.runio import CheckpointError
 

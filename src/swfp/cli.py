@@ -162,32 +162,45 @@ def print_comparison(summary: dict) -> None:
 
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run directory (or its policy.json / policy.safetensors)")
-    p.add_argument("--episodes", type=_positive(int), default=10)
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="episode i is reset with seed + i")
-    p.add_argument("--deterministic", action="store_true", help="start every chain from the noise mean x0 = 0")
+    p.add_argument("run", help="run directory of any method (or its policy.* / actor.* file)")
+    p.add_argument("--episodes", type=_positive(int), default=None, help="episodes (default 10)")
+    p.add_argument("--seed", type=_nonnegative_int, default=None,
+                   help="episode i is reset with seed + i, and the policy's noise is seeded with seed (default 0)")
+    p.add_argument("--recorded", action="store_true",
+                   help="the episodes and seed of the run's last evaluation (its eval.csv), so the numbers "
+                        "reproduce it; not with --episodes or --seed")
+    p.add_argument("--deterministic", action="store_true",
+                   help="the method's deterministic action (a flow's chain from the noise mean x0 = 0)")
     p.add_argument("--video", default=None, help="directory for an MP4 of the first episode")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
-@command("eval", "evaluate a run directory or checkpoint", eval_arguments)
+@command("eval", "evaluate any run's policy (or reproduce its last evaluation with --recorded)", eval_arguments)
 def cmd_eval(args) -> int:
-    from swfp.evaluate import evaluate
-    from swfp.policy import load
+    from swfp.evaluate import evaluate_seeded, recorded_evaluation
+    from swfp.loader import load
 
     policy = load(args.run)
-    episodes = args.episodes
-    result = evaluate(lambda o: policy.normalized_actions(o, deterministic=args.deterministic), policy.task_id,
-                      episodes, seed=args.seed, action_chunk=policy.action_chunk,
-                      video_dir=Path(args.video) if args.video else None)
-    summary = {"run": str(args.run), "task": policy.task_id, "seed": args.seed,
+    if args.recorded:
+        if args.episodes is not None or args.seed is not None:
+            raise ValueError("--recorded takes the episodes and seed the run recorded; drop --episodes and --seed")
+        run_dir = Path(args.run).parent if Path(args.run).is_file() else Path(args.run)
+        recorded = recorded_evaluation(run_dir)
+        episodes, seed = int(recorded["eval_episodes"]), int(recorded["eval_seed"])
+    else:
+        episodes = 10 if args.episodes is None else args.episodes
+        seed = 0 if args.seed is None else args.seed
+    result = evaluate_seeded(policy, policy.task_id, episodes, seed, args.deterministic,
+                             video_dir=Path(args.video) if args.video else None)
+    summary = {"run": str(args.run), "task": policy.task_id, "algorithm": policy.algorithm, "seed": seed,
                "deterministic": args.deterministic, **result.summary()}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"{args.run} on {policy.task_id} ({'deterministic' if args.deterministic else 'stochastic'})")
+    mode = "deterministic" if args.deterministic else "stochastic"
+    table = Table(title=f"{args.run} on {policy.task_id} ({mode}, episode seeds {seed}–{seed + episodes - 1})")
     for key in ("return_mean", "return_std", "return_iqm", "episodes", "episode_length_mean", "success_rate"):
         value = summary[key]
         table.add_row(key, "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -313,15 +314,17 @@ class FlowPolicy(nn.Module):
         """
         return self._invert_chain(obs, actions, max_iters, tol)[0]
 
-    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, max_iters: int = 200, tol: float = 1e-5) -> torch.Tensor:
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, max_iters: int = 200, tol: float = 1e-5,
+                 noise_log_prob: Callable[[torch.Tensor], torch.Tensor] = standard_normal_log_prob) -> torch.Tensor:
         """Exact ``log π(a|s)`` ``(B,)`` of arbitrary actions: invert the chain, then accumulate the forward log-dets.
 
-        ``log π(a|s) = log N(x0; 0, I) − Σ_k log|det(I + h·∂_x v(s, x_k, t_k))|`` along the recovered
-        ``x_0 … x_K``. Wrap in ``torch.no_grad()`` when no gradient is needed: it skips the extra
+        ``log π(a|s) = log p(x0) − Σ_k log|det(I + h·∂_x v(s, x_k, t_k))|`` along the recovered
+        ``x_0 … x_K``, with ``p = N(0, I)`` (``noise_log_prob``: another density of ``x0``, such as DSRL's
+        steering actor's). Wrap in ``torch.no_grad()`` when no gradient is needed: it skips the extra
         Jacobian per step of the implicit gradient and the backward graph.
         """
         xs = self._invert_chain(obs, actions, max_iters, tol)
-        log_prob = standard_normal_log_prob(xs[0])
+        log_prob = noise_log_prob(xs[0])
         for k in range(self.num_steps):
             log_prob = log_prob - self.euler_step_log_det(obs, xs[k], k)[1]
         return log_prob

@@ -1,4 +1,8 @@
-"""The user-facing flow policy: numpy in, numpy out, environment action units.
+"""The user-facing policy: numpy in, numpy out, environment action units.
+
+:class:`EnvPolicy` is what every loaded policy shares, whatever method trained it (the observation
+statistics, the action box, ``predict`` and ``log_prob``); the flow policy is one of them, the policies
+of the methods that act with another network are :class:`swfp.algorithms.network_policy.NetworkPolicy`.
 
 A :class:`Policy` bundles the SWFP cascade — the base flow and any accepted JKO blocks, acting on
 normalised observations in the normalised action box (a behaviour-cloned policy is a cascade with
@@ -25,17 +29,25 @@ import torch
 from swfp.blocks import BlockConfig, JKOBlock
 from swfp.cascade import Cascade
 from swfp.flow import FlowConfig, FlowPolicy
-from swfp.runio import CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json, save_tensors
+from swfp.runio import (CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json,
+                        require_format, save_tensors)
 
 FORMAT_VERSION = 2  # 2: SiLU velocity fields (1 had Mish; its weights would load but compute another flow)
 
 
-class Policy:
-    """A flow policy ready to act: ``predict(obs)`` and ``log_prob(obs, actions)`` in env units."""
+class EnvPolicy:
+    """What every loaded policy shares, whatever method trained it (``swfp.load``): observations standardised
+    with its training data's statistics, actions in ``[-1, 1]`` mapped to the task's box, and
+    Stable-Baselines3's ``predict(obs, deterministic)`` contract (numpy in, numpy out, env units).
 
-    def __init__(self, model: FlowPolicy | Cascade, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray,
-                 action_low: np.ndarray, action_high: np.ndarray, action_chunk: int = 1):
-        self.cascade = model if isinstance(model, Cascade) else Cascade(model)
+    A subclass gives :meth:`normalized_actions`, :meth:`save` and, where its method has an exact density,
+    :meth:`normalized_log_prob`.
+    """
+
+    algorithm: str | None = None  # the method that trained it, where the saved format records it
+
+    def __init__(self, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray, action_low: np.ndarray,
+                 action_high: np.ndarray, action_chunk: int = 1):
         self.task_id = task_id
         self.obs_mean = torch.as_tensor(obs_mean, dtype=torch.float32)
         self.obs_std = torch.as_tensor(obs_std, dtype=torch.float32)
@@ -43,9 +55,18 @@ class Policy:
         self.action_high = np.asarray(action_high, dtype=np.float32)
         self.action_chunk = int(action_chunk)
         self.act_dim = int(self.action_low.shape[0])
-        if self.cascade.act_dim != self.act_dim * self.action_chunk:
-            raise CheckpointError(f"flow action size {self.cascade.act_dim} != chunk {self.action_chunk} × action size "
-                                  f"{self.act_dim}: the checkpoint's config does not match its weights")
+
+    # -- what a subclass defines ------------------------------------------------------------------
+    def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Flattened action chunks ``(B, H·d)`` in ``[-1, 1]`` units (what the envs of swfp take)."""
+        raise NotImplementedError
+
+    def normalized_log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``log π(a|s)`` ``(B,)`` of flattened normalised actions for normalised observations."""
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> Path:
+        raise NotImplementedError
 
     # -- acting ---------------------------------------------------------------------------------
     def normalize_obs(self, obs) -> torch.Tensor:
@@ -56,15 +77,11 @@ class Policy:
                              f"expects {self.obs_mean.shape[0]}")
         return (obs - self.obs_mean) / self.obs_std
 
-    @torch.no_grad()
-    def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Flattened action chunks ``(B, H·d)`` in ``[-1, 1]`` units (what the envs of swfp take)."""
-        return self.cascade.sample(self.normalize_obs(obs), deterministic=deterministic)[0].numpy()
-
     def predict(self, obs, deterministic: bool = False) -> np.ndarray:
         """Actions in environment units: ``(B, d)``, or ``(B, H, d)`` for chunked policies; a single
-        observation ``(obs_dim,)`` gives a single action. ``deterministic`` starts the chain from the
-        noise mean ``x0 = 0``. Actions are clipped to the box, as the environment would."""
+        observation ``(obs_dim,)`` gives a single action. ``deterministic`` gives the method's own
+        deterministic action (a flow's chain from the noise mean ``x0 = 0``, a Gaussian actor's tanh of
+        its mean). Actions are clipped to the box, as the environment would."""
         obs = np.asarray(obs, dtype=np.float32)
         single = obs.ndim == 1
         a = np.clip(self.normalized_actions(obs[None] if single else obs, deterministic), -1.0, 1.0)
@@ -76,17 +93,38 @@ class Policy:
 
     @torch.no_grad()
     def log_prob(self, obs, actions) -> np.ndarray:
-        """Exact log-density of env-unit ``actions`` (``(B, d)`` or ``(B, H, d)``) under the Euler chain.
+        """Exact log-density of env-unit ``actions`` (``(B, d)`` or ``(B, H, d)``), where the method has one.
 
-        Raises :class:`swfp.flow.InversionError` when an action cannot be traced back through the
-        chain (far outside the policy's support, or a velocity field too steep for its step size).
+        Raises :class:`swfp.flow.InversionError` when an action cannot be traced back through a flow's
+        chain (far outside the policy's support, or a velocity field too steep for its step size), and
+        ``NotImplementedError`` naming the method for a policy with no exact density.
         """
         obs = np.asarray(obs, dtype=np.float32)
         actions = np.asarray(actions, dtype=np.float32).reshape(len(obs), self.action_chunk, self.act_dim)
         scale = 0.5 * (self.action_high - self.action_low)
         normalized = (actions - self.action_low) / scale - 1.0
-        logp = self.cascade.log_prob(self.normalize_obs(obs), torch.as_tensor(normalized.reshape(len(obs), -1)))
+        logp = self.normalized_log_prob(self.normalize_obs(obs), torch.as_tensor(normalized.reshape(len(obs), -1)))
         return logp.numpy() - self.action_chunk * float(np.log(scale).sum())
+
+
+class Policy(EnvPolicy):
+    """A flow policy ready to act: ``predict(obs)`` and ``log_prob(obs, actions)`` in env units."""
+
+    def __init__(self, model: FlowPolicy | Cascade, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray,
+                 action_low: np.ndarray, action_high: np.ndarray, action_chunk: int = 1):
+        super().__init__(task_id, obs_mean, obs_std, action_low, action_high, action_chunk)
+        self.cascade = model if isinstance(model, Cascade) else Cascade(model)
+        if self.cascade.act_dim != self.act_dim * self.action_chunk:
+            raise CheckpointError(f"flow action size {self.cascade.act_dim} != chunk {self.action_chunk} × action size "
+                                  f"{self.act_dim}: the checkpoint's config does not match its weights")
+
+    @torch.no_grad()
+    def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        return self.cascade.sample(self.normalize_obs(obs), deterministic=deterministic)[0].numpy()
+
+    def normalized_log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The cascade's exact density: the Euler chain's change of variables, then each block's."""
+        return self.cascade.log_prob(obs, actions)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: Path) -> Path:
@@ -104,46 +142,50 @@ class Policy:
 
     @classmethod
     def load(cls, path: Path) -> "Policy":
+        """A flow policy from a run directory (or its ``policy.json`` / ``policy.safetensors``); ``swfp.load``
+        reads any method's policy."""
         directory = resolve_policy_dir(path)
-        spec = read_json(directory / "policy.json")
-        if spec.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{directory / 'policy.json'} has format version {spec.get('format_version')}, "
-                                  f"this swfp reads version {FORMAT_VERSION}; pre-train the policy again with this "
-                                  "version (`swfp pretrain`)")
+        spec = require_format(read_json(directory / "policy.json"), directory / "policy.json", FORMAT_VERSION,
+                              "pre-train the policy again with this version (`swfp pretrain`)")
         try:
             obs_dim, flat_act_dim = spec["obs_dim"], spec["act_dim"] * spec["action_chunk"]
             cascade = Cascade(FlowPolicy(obs_dim, flat_act_dim, FlowConfig(**spec["flow"])),
                               [JKOBlock(obs_dim, flat_act_dim, BlockConfig(**c)) for c in spec.get("blocks", [])])
             tensors = load_tensors(directory / "policy.safetensors")
-            obs_mean, obs_std = tensors.pop("obs_mean"), tensors.pop("obs_std")
+            obs_mean, obs_std = observation_statistics(tensors, obs_dim, directory / "policy.safetensors")
             renamed = {("base." + k.removeprefix("flow.")) if k.startswith("flow.") else k: v for k, v in tensors.items()}
             load_state_strict(cascade, renamed, directory / "policy.safetensors")
-            if obs_mean.shape != (obs_dim,) or not torch.all(obs_std > 0):
-                raise CheckpointError(f"{directory / 'policy.safetensors'}: observation statistics do not match "
-                                      f"obs_dim {obs_dim} or have non-positive std")
-            return cls(cascade, spec["task"], obs_mean.numpy(), obs_std.numpy(), np.array(spec["action_low"]),
+            return cls(cascade, spec["task"], obs_mean, obs_std, np.array(spec["action_low"]),
                        np.array(spec["action_high"]), spec["action_chunk"])
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{directory} has an incomplete or mismatched checkpoint ({exc!r}); "
-                                  "re-create it with `swfp pretrain`") from exc
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:  # a field missing, of the wrong type or out of range
+            raise CheckpointError(f"{directory / 'policy.json'} is incomplete or does not match its weights "
+                                  f"({exc!r}); re-create it with `swfp pretrain`") from exc
+
+
+def observation_statistics(tensors: dict[str, torch.Tensor], obs_dim: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Pop the ``obs_mean`` / ``obs_std`` a saved policy acts on, checked against ``obs_dim``."""
+    if "obs_mean" not in tensors or "obs_std" not in tensors:
+        raise CheckpointError(f"{path} lacks the observation statistics (obs_mean, obs_std); it was not written "
+                              "by swfp: re-run the command that made the run")
+    obs_mean, obs_std = tensors.pop("obs_mean"), tensors.pop("obs_std")
+    if obs_mean.shape != (obs_dim,) or obs_std.shape != (obs_dim,) or not torch.all(obs_std > 0):
+        raise CheckpointError(f"{path}: observation statistics do not match obs_dim {obs_dim} or have non-positive "
+                              "std; re-run the command that made the run")
+    return obs_mean.numpy(), obs_std.numpy()
 
 
 def resolve_policy_dir(path: Path) -> Path:
-    """A run directory, or the path of its ``policy.json`` / ``policy.safetensors``."""
+    """A run directory holding a flow policy, or the path of its ``policy.json`` / ``policy.safetensors``."""
     path = Path(path)
     if path.is_file() and path.name in ("policy.json", "policy.safetensors"):
         path = path.parent
     if not (path / "policy.json").is_file() and (path / "actor.json").is_file():
-        kind = read_json(path / "actor.json")
-        raise CheckpointError(f"{path} holds a {kind.get('kind')} policy of algorithm {kind.get('algorithm')!r}, not a "
-                              "flow cascade; its evaluations are in eval.csv and summary.json (swfp eval and "
-                              "swfp.load read flow policies: swfp, bptt, dipo and bc runs)")
+        raise CheckpointError(f"{path} holds a policy that is not a flow cascade (actor.json, a reinflow, dsrl, fql, "
+                              "sac or rlpd run): swfp.load and swfp eval read it, but fine-tuning starts from a "
+                              "pre-trained flow (`swfp pretrain`)")
     if not (path / "policy.json").is_file():
-        raise CheckpointError(f"no swfp policy at {path}: expected a run directory with policy.json and "
+        raise CheckpointError(f"no swfp flow policy at {path}: expected a run directory with policy.json and "
                               "policy.safetensors (made by `swfp pretrain` or `swfp finetune`)")
     return path
-
-
-def load(path) -> Policy:
-    """Load a policy from a run directory or checkpoint file (``swfp.load``)."""
-    return Policy.load(Path(path))

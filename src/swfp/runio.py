@@ -88,6 +88,17 @@ def read_json(path: Path) -> dict:
                               "command that wrote it") from exc
 
 
+def require_format(spec, path: Path, version: int, fix: str) -> dict:
+    """``spec`` (a saved policy's JSON) if it is a JSON object of format ``version``, else an error naming
+    ``path`` and ``fix`` (what to re-run): a foreign file, or one written by another version of swfp."""
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{path} is not a swfp file (a JSON {type(spec).__name__}, not an object); {fix}")
+    found = spec.get("format_version")
+    if found != version:
+        raise CheckpointError(f"{path} has format version {found}, this swfp reads version {version}; {fix}")
+    return spec
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save a flat dict of tensors as safetensors, atomically."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -99,7 +110,8 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     otherwise load and act silently (a NaN action's only sign is Gymnasium's warning of a NaN reward)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
+        raise CheckpointError(f"checkpoint file {path} is missing; copy the whole run directory, or re-run the "
+                              "command that wrote it")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -1,7 +1,9 @@
 """The fine-tuning methods, one file each on the shared core (:mod:`swfp.algorithms.base`), selected by name.
 
 ``swfp algos`` prints :data:`ALGORITHMS` with each method's one-line description; ``swfp finetune
---algo NAME --set KEY=VALUE`` builds its typed config with :func:`make_config`.
+--algo NAME --set KEY=VALUE`` builds its typed config with :func:`make_config`, and :func:`make` is the
+same from Python. :data:`ACTORS` are the acting networks of the methods whose policy is not a flow
+cascade, by the kind their saved ``actor.json`` names (read by ``swfp.load``).
 """
 
 from __future__ import annotations
@@ -13,20 +15,48 @@ import typing
 from swfp.algorithms.base import FineTuner
 from swfp.algorithms.bptt import BPTT
 from swfp.algorithms.dipo import DIPO
-from swfp.algorithms.dsrl import DSRL
-from swfp.algorithms.fql import FQL
-from swfp.algorithms.reinflow import ReinFlow
+from swfp.algorithms.dsrl import DSRL, SteeredFlow
+from swfp.algorithms.fql import FQL, OneStepPolicy
+from swfp.algorithms.network_policy import Actor
+from swfp.algorithms.reinflow import NoisyFlow, ReinFlow
 from swfp.algorithms.rlpd import RLPD, SACFromScratch
+from swfp.algorithms.sac import GaussianActor
 from swfp.algorithms.swfp import SWFP
 
 ALGORITHMS: dict[str, type[FineTuner]] = {cls.name: cls for cls in (
     SWFP, FineTuner, BPTT, ReinFlow, DSRL, FQL, DIPO, SACFromScratch, RLPD)}
+ACTORS: dict[str, type[Actor]] = {cls.kind: cls for cls in (NoisyFlow, SteeredFlow, OneStepPolicy, GaussianActor)}
 
 
 def get_algorithm(name: str) -> type[FineTuner]:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)} (`swfp algos` lists them)")
     return ALGORITHMS[name]
+
+
+def make(name: str, pretrained, config=None, **kwargs) -> FineTuner:
+    """The method ``name`` (as ``swfp finetune --algo``) starting from the pre-trained run ``pretrained``:
+    ``get_algorithm(name).from_pretrained(pretrained, config=..., **kwargs)``.
+
+    ``config`` is the method's config object, or a dict of its fields (nested ones as dicts, e.g.
+    ``{"utd_ratio": 20, "critic": {"layer_norm": True}}``) set over its defaults exactly as ``--set`` sets
+    them: a field's type is checked, and an unknown field is an error naming the valid ones. ``kwargs`` go
+    to ``from_pretrained`` (``dataset``, ``total_env_steps``).
+    """
+    if isinstance(config, dict):
+        config = make_config(name, _dotted(config))
+    return get_algorithm(name).from_pretrained(pretrained, config=config, **kwargs)
+
+
+def _dotted(values: dict, prefix: str = "") -> dict[str, str]:
+    """``{"critic": {"layer_norm": True}}`` -> ``{"critic.layer_norm": "true"}``: the ``--set`` form."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value)
+    return out
 
 
 def make_config(name: str, overrides: dict[str, str] | None = None, saved: dict | None = None):

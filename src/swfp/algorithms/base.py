@@ -10,8 +10,9 @@
   ``utd_ratio`` updates per environment step. A method supplies :meth:`~OffPolicyLearner.update`
   (one gradient step on a batch), :meth:`~OffPolicyLearner.target_actions` (the critic's
   ``a' ~ π(·|s')``) and its policy.
-* :class:`NetworkPolicy` — the evaluate-and-save interface of the runner for policies that are not a
-  flow cascade (a Gaussian actor, FQL's one-step policy, DSRL's noise actor in front of the flow).
+
+A method whose policy is not a flow cascade acts through a
+:class:`~swfp.algorithms.network_policy.NetworkPolicy` (its own module: the saved format).
 """
 
 from __future__ import annotations
@@ -21,18 +22,16 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from swfp.buffer import Batch, MixedReplay, ReplayBuffer
 from swfp.critic import Critic, CriticConfig
 from swfp.data import Dataset, load_dataset, normalize_actions
 from swfp.policy import Policy
-from swfp.runio import atomic_write_json, read_json, save_tensors
-from swfp.runner import RunConfig, restore_rng, rng_state, run
+from swfp.runio import read_json
+from swfp.runner import RunConfig, SavablePolicy, restore_rng, rng_state, run
 
 
 @dataclass
@@ -75,6 +74,8 @@ class FineTuner:
             config = self.config_class()
         self.config = config
         self._policy = policy
+        # what acts, is evaluated and is saved: the flow itself unless a method acts with another network
+        self.acting: SavablePolicy = policy
         self.obs_dim, self.act_dim = int(policy.obs_mean.shape[0]), policy.cascade.act_dim
         self.total_env_steps = total_env_steps
         self.rng = np.random.default_rng()
@@ -136,8 +137,8 @@ class FineTuner:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
     # -- the runner's Learner interface -------------------------------------------------------
-    def policy(self):
-        return self._policy
+    def policy(self) -> SavablePolicy:
+        return self.acting
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Exploration actions: the current policy's stochastic ones."""
@@ -280,33 +281,3 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_gra
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
     optimizer.step()
-
-
-class NetworkPolicy:
-    """A policy that is not a flow cascade, behind the interface the runner evaluates and saves.
-
-    ``act_fn(normalised_obs, deterministic)`` gives actions in ``[-1, 1]``; observations are
-    normalised with the pre-trained ``flow_policy``'s statistics, as every method does. ``save`` writes
-    ``actor.json`` (the method, the task, how to read the weights) and ``actor.safetensors``; these
-    are evaluated during the run (``eval.csv``), while ``swfp eval`` reads flow policies
-    (``policy.json``).
-    """
-
-    action_chunk = 1
-
-    def __init__(self, act_fn: Callable[[torch.Tensor, bool], torch.Tensor], flow_policy: Policy,
-                 modules: dict[str, nn.Module], info: dict):
-        self.act_fn, self.flow_policy, self.modules, self.info = act_fn, flow_policy, modules, info
-
-    @torch.no_grad()
-    def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        return self.act_fn(self.flow_policy.normalize_obs(obs), deterministic).numpy()
-
-    def save(self, directory: Path) -> Path:
-        """The modules' weights and the observation statistics they act on (those of the pre-trained run)."""
-        directory = Path(directory)
-        tensors = {f"{name}.{k}": v for name, module in self.modules.items() for k, v in module.state_dict().items()}
-        tensors.update(obs_mean=self.flow_policy.obs_mean, obs_std=self.flow_policy.obs_std)
-        save_tensors(directory / "actor.safetensors", tensors)
-        atomic_write_json(directory / "actor.json", {**self.info, "modules": sorted(self.modules)})
-        return directory

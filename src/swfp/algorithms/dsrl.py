@@ -24,15 +24,18 @@ base-policy steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from swfp.algorithms.base import NetworkPolicy, OffPolicyConfig, OffPolicyLearner, optimizer_step
-from swfp.algorithms.sac import SAC, SACConfig
+from swfp.algorithms.base import OffPolicyConfig, OffPolicyLearner, optimizer_step
+from swfp.algorithms.network_policy import Actor, NetworkPolicy
+from swfp.algorithms.sac import SAC, GaussianActor, SACConfig
 from swfp.buffer import Batch
 from swfp.critic import Critic, CriticConfig
+from swfp.flow import FlowConfig, FlowPolicy
 
 
 @dataclass
@@ -50,6 +53,46 @@ class DSRLConfig(OffPolicyConfig):
         self.noise_critic_hidden_dims = tuple(self.noise_critic_hidden_dims)
         if not self.noise_bound > 0:
             raise ValueError(f"noise_bound must be > 0, got {self.noise_bound}")
+
+
+class SteeredFlow(Actor):
+    """DSRL's policy: the noise actor chooses ``w = b·tanh(u)``, ``u ~ N(μ(s), σ(s)²)``, and the frozen flow maps
+    it to the action ``a = f(s, w)``; deterministically ``w = b·tanh(μ(s))``.
+
+    Its density is exact, as the flow's own is: the Euler chain is a bijection of ``w``, so
+    ``log π(a|s) = log p(w|s) − Σ_k log|det(I + h·∂_x v)|`` along the chain inverted from ``a``, with
+    ``p(w|s) = p_tanh-Gaussian(w/b | s) / b^D`` (zero for ``|w_i| ≥ b``). The flow's weights travel with the
+    actor's in ``actor.safetensors``, so a DSRL run directory rebuilds its policy without the pre-trained run.
+    """
+
+    kind = "noise-actor+flow"
+
+    def __init__(self, noise_actor: GaussianActor, flow: FlowPolicy, noise_bound: float):
+        super().__init__()
+        self.noise_actor, self.flow, self.noise_bound = noise_actor, flow, noise_bound
+
+    def steer(self, obs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The flow's action from the noise ``w = b·y``, ``y ∈ [-1, 1]^D``."""
+        return self.flow.sample(obs, noise=self.noise_bound * y)[0]
+
+    def actions(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        return self.steer(obs, self.noise_actor.actions(obs, deterministic))
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        def noise_log_prob(w: torch.Tensor) -> torch.Tensor:
+            y = w / self.noise_bound
+            log_prob = self.noise_actor.log_prob(obs, y) - w.shape[-1] * math.log(self.noise_bound)
+            return torch.where((y.abs() < 1).all(-1), log_prob, torch.full_like(log_prob, -math.inf))
+        return self.flow.log_prob(obs, actions, noise_log_prob=noise_log_prob)
+
+    def spec(self) -> dict:
+        return {"noise_actor": self.noise_actor.spec(), "flow": asdict(self.flow.config),
+                "noise_bound": self.noise_bound}
+
+    @classmethod
+    def from_spec(cls, obs_dim: int, act_dim: int, spec: dict) -> "SteeredFlow":
+        return cls(GaussianActor.from_spec(obs_dim, act_dim, spec["noise_actor"]),
+                   FlowPolicy(obs_dim, act_dim, FlowConfig(**spec["flow"])), float(spec["noise_bound"]))
 
 
 class DSRL(OffPolicyLearner):
@@ -71,13 +114,12 @@ class DSRL(OffPolicyLearner):
                                                    init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy,
                                                    init_std=1.0),
                        critic=self.noise_critic)
-
-    def actions_from_latent(self, obs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.flow.sample(obs, noise=self.config.noise_bound * y)[0]
+        self.steered = SteeredFlow(self.sac.actor, self.flow, cfg.noise_bound)
+        self.acting = NetworkPolicy.beside(self.steered, self.name, self._policy)
 
     def target_actions(self, next_obs):
         y, log_prob = self.sac.actor.sample(next_obs)
-        return self.actions_from_latent(next_obs, y), log_prob
+        return self.steered.steer(next_obs, y), log_prob
 
     def update(self, batch: Batch) -> dict[str, float]:
         metrics = self.td_update(batch, self.sac.alpha)
@@ -88,16 +130,6 @@ class DSRL(OffPolicyLearner):
         distill_loss = F.mse_loss(self.noise_critic.q(obs, w / self.config.noise_bound), target)
         optimizer_step(self.noise_critic.optimizer, distill_loss)
         return {**metrics, "noise_critic_loss": distill_loss.item(), **self.sac.update_actor(obs)}
-
-    def policy(self) -> NetworkPolicy:
-        actor = self.sac.actor
-
-        def act(obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-            y = torch.tanh(actor(obs)[0]) if deterministic else actor.sample(obs)[0]
-            return self.actions_from_latent(obs, y)
-        return NetworkPolicy(act, self._policy, {"actor": actor, "flow": self.flow},
-                             {"algorithm": self.name, "kind": "noise-actor+flow", "task": self._policy.task_id,
-                              "noise_bound": self.config.noise_bound})
 
     def status(self) -> dict[str, float]:
         return {**super().status(), "alpha": float(self.sac.alpha)}

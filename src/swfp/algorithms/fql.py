@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from swfp.algorithms.base import NetworkPolicy, OffPolicyConfig, OffPolicyLearner, optimizer_step
+from swfp.algorithms.base import OffPolicyConfig, OffPolicyLearner, optimizer_step
+from swfp.algorithms.network_policy import Actor, NetworkPolicy
 from swfp.algorithms.bptt import q_loss
 from swfp.buffer import Batch
 from swfp.nets import mlp
@@ -53,20 +53,33 @@ class FQLConfig(OffPolicyConfig):
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
 
 
-class OneStepPolicy(nn.Module):
-    """``μ_ω(s, z)``: state and noise to action in one forward pass."""
+class OneStepPolicy(Actor):
+    """``μ_ω(s, z)``: state and noise to action in one forward pass, the policy an FQL run acts with (its
+    deterministic action is ``μ_ω(s, 0)``). A deterministic map of its noise with no tractable inverse, so
+    it has no exact density."""
+
+    kind = "one-step-policy"
+    no_density = ("FQL's one-step policy is a free-form network of its noise, with no tractable inverse or "
+                  "Jacobian, so the density of its actions is unknown")
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...]):
         super().__init__()
-        self.act_dim = act_dim
+        self.act_dim, self.hidden_dims = act_dim, tuple(hidden_dims)
         self.net = mlp(obs_dim + act_dim, hidden_dims, act_dim)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, noise], dim=-1))
 
-    def sample(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+    def actions(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         noise = torch.zeros(obs.shape[0], self.act_dim) if deterministic else torch.randn(obs.shape[0], self.act_dim)
         return self(obs, noise).clamp(-1.0, 1.0)
+
+    def spec(self) -> dict:
+        return {"hidden_dims": list(self.hidden_dims)}
+
+    @classmethod
+    def from_spec(cls, obs_dim: int, act_dim: int, spec: dict) -> "OneStepPolicy":
+        return cls(obs_dim, act_dim, tuple(spec["hidden_dims"]))
 
 
 class FQL(OffPolicyLearner):
@@ -81,9 +94,11 @@ class FQL(OffPolicyLearner):
         self.one_step = OneStepPolicy(obs_dim, act_dim, self.config.actor_hidden_dims)
         self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=self.config.flow_lr)
         self.actor_optimizer = torch.optim.Adam(self.one_step.parameters(), lr=self.config.actor_lr)
+        # the one-step policy alone acts: the flow is its distillation target
+        self.acting = NetworkPolicy.beside(self.one_step, self.name, self._policy)
 
     def target_actions(self, next_obs):
-        return self.one_step.sample(next_obs), None
+        return self.one_step.actions(next_obs), None
 
     def update(self, batch: Batch) -> dict[str, float]:
         metrics = self.td_update(batch)
@@ -103,12 +118,6 @@ class FQL(OffPolicyLearner):
     def warmup_update(self, batch: Batch) -> dict[str, float]:
         """The offline phase: full FQL updates on the demonstrations."""
         return self.update(batch)
-
-    def policy(self) -> NetworkPolicy:
-        def act(obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-            return self.one_step.sample(obs, deterministic)
-        return NetworkPolicy(act, self._policy, {"one_step": self.one_step, "flow": self.flow},
-                             {"algorithm": self.name, "kind": "one-step-policy", "task": self._policy.task_id})
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "flow": self.flow.state_dict(), "one_step": self.one_step.state_dict(),

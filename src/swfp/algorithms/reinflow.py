@@ -33,14 +33,15 @@ rollout is not checkpointed: a resumed run starts a fresh rollout.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from swfp.algorithms.base import FineTuner, NetworkPolicy
-from swfp.flow import FlowPolicy, standard_normal_log_prob
+from swfp.algorithms.base import FineTuner
+from swfp.algorithms.network_policy import Actor, NetworkPolicy
+from swfp.flow import FlowConfig, FlowPolicy, standard_normal_log_prob
 from swfp.nets import Mish, SinusoidalTimeEmbedding, mlp
 
 
@@ -89,6 +90,8 @@ class NoiseNet(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...], min_std: float, max_std: float,
                  time_embed_dim: int = 16):
         super().__init__()
+        self.settings = {"hidden_dims": list(hidden_dims), "min_std": min_std, "max_std": max_std,
+                         "time_embed_dim": time_embed_dim}  # what rebuilds it (NoisyFlow.spec)
         self.time_embed = SinusoidalTimeEmbedding(time_embed_dim)
         self.net = mlp(obs_dim + time_embed_dim, hidden_dims, act_dim, activation=nn.Tanh)
         self.log_var_min, self.log_var_max = 2 * math.log(min_std), 2 * math.log(max_std)
@@ -138,6 +141,33 @@ def chain_log_prob(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tensor,
     return log_prob, entropy
 
 
+class NoisyFlow(Actor):
+    """ReinFlow's policy: the fine-tuned flow's ``steps`` Euler steps with the learned noise injected after each
+    (:func:`sample_chain`); its deterministic mode, as ReinFlow defines it, starts from ``x_0 = 0`` and injects
+    no noise. Only the whole chain has an exact density; the action's marginalises the injected noise."""
+
+    kind = "noisy-flow"
+    no_density = ("ReinFlow's action marginalises the noise injected at every Euler step; only the density of "
+                  "the whole chain x_0:K is exact (swfp.algorithms.reinflow.chain_log_prob)")
+
+    def __init__(self, flow: FlowPolicy, noise_net: NoiseNet, steps: int):
+        super().__init__()
+        self.flow, self.noise_net, self.steps = flow, noise_net, steps
+
+    def actions(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        return sample_chain(self.flow, self.noise_net, obs, self.steps, deterministic)[0][:, -1]
+
+    def spec(self) -> dict:
+        return {"flow": asdict(self.flow.config), "noise_net": self.noise_net.settings, "denoising_steps": self.steps}
+
+    @classmethod
+    def from_spec(cls, obs_dim: int, act_dim: int, spec: dict) -> "NoisyFlow":
+        noise = spec["noise_net"]
+        return cls(FlowPolicy(obs_dim, act_dim, FlowConfig(**spec["flow"])),
+                   NoiseNet(obs_dim, act_dim, tuple(noise["hidden_dims"]), noise["min_std"], noise["max_std"],
+                            noise["time_embed_dim"]), int(spec["denoising_steps"]))
+
+
 class RewardScaler:
     """Divide rewards by the running std of the discounted return (as DPPO/ReinFlow's RunningRewardScaler)."""
 
@@ -177,6 +207,8 @@ class ReinFlow(FineTuner):
         obs_dim, act_dim = self.obs_dim, self.act_dim
         self.flow = policy.cascade.base.requires_grad_(True)
         self.noise_net = NoiseNet(obs_dim, act_dim, cfg.noise_hidden_dims, cfg.min_noise_std, cfg.max_noise_std)
+        self.acting = NetworkPolicy.beside(NoisyFlow(self.flow, self.noise_net, cfg.denoising_steps), self.name,
+                                           self._policy)
         self.value = mlp(obs_dim, cfg.value_hidden_dims, 1, activation=Mish)
         self.actor_optimizer = torch.optim.AdamW([*self.flow.parameters(), *self.noise_net.parameters()],
                                                  lr=cfg.actor_lr, weight_decay=0.0)
@@ -188,13 +220,6 @@ class ReinFlow(FineTuner):
         self.iterations = 0
 
     # -- acting and collecting ---------------------------------------------------------------------
-    def policy(self) -> NetworkPolicy:
-        def act(obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-            return sample_chain(self.flow, self.noise_net, obs, self.config.denoising_steps, deterministic)[0][:, -1]
-        return NetworkPolicy(act, self._policy, {"flow": self.flow, "noise_net": self.noise_net},
-                             {"algorithm": self.name, "kind": "noisy-flow", "task": self._policy.task_id,
-                              "denoising_steps": self.config.denoising_steps})
-
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs_t = self._policy.normalize_obs(obs)

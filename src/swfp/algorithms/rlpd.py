@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from swfp.algorithms.base import NetworkPolicy, OffPolicyConfig, OffPolicyLearner
+from swfp.algorithms.base import OffPolicyConfig, OffPolicyLearner
+from swfp.algorithms.network_policy import NetworkPolicy
 from swfp.algorithms.sac import SAC, SACConfig
 from swfp.buffer import Batch
 from swfp.critic import CriticConfig
@@ -75,6 +75,7 @@ class SACFromScratch(OffPolicyLearner):
         super().__init__(policy, demonstrations, config, total_env_steps)
         obs_dim, act_dim = self.obs_dim, self.act_dim
         self.sac = SAC(obs_dim, act_dim, self.config.sac_config(act_dim), critic=self.critic)
+        self.acting = NetworkPolicy.beside(self.sac.actor, self.name, self._policy)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Uniform random actions for the first ``learning_starts`` env steps, then the stochastic actor."""
@@ -84,14 +85,6 @@ class SACFromScratch(OffPolicyLearner):
 
     def update(self, batch: Batch) -> dict[str, float]:
         return self.sac.update(batch)
-
-    def policy(self) -> NetworkPolicy:
-        actor = self.sac.actor
-
-        def act(obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-            return torch.tanh(actor(obs)[0]) if deterministic else actor.sample(obs)[0]
-        return NetworkPolicy(act, self._policy, {"actor": actor}, {"algorithm": self.name, "kind": "tanh-gaussian",
-                                                                   "task": self._policy.task_id})
 
     def status(self) -> dict[str, float]:
         return {**super().status(), "alpha": float(self.sac.alpha)}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from swfp.algorithms.network_policy import Actor
 from swfp.buffer import Batch
 from swfp.critic import Critic, CriticConfig
 from swfp.nets import mlp
@@ -56,11 +57,15 @@ class SACConfig:
             raise ValueError(f"init_std must be in (e^{LOG_STD_MIN:g}, e^{LOG_STD_MAX:g}), got {self.init_std}")
 
 
-class GaussianActor(nn.Module):
-    """``s -> (μ, log σ)``; actions ``tanh(μ + σ·ξ)`` with the change-of-variables log-density."""
+class GaussianActor(Actor):
+    """``s -> (μ, log σ)``; actions ``tanh(μ + σ·ξ)`` with the change-of-variables log-density. The acting
+    network of SAC and RLPD runs (and of the experts); its deterministic action is ``tanh(μ)``."""
+
+    kind = "tanh-gaussian"
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...], init_std: float | None = None):
         super().__init__()
+        self.hidden_dims = tuple(hidden_dims)
         self.net = mlp(obs_dim, hidden_dims, 2 * act_dim, activation=nn.ReLU)
         if init_std is not None:  # the log-σ head's bias that the squashing in forward() maps to log(init_std)
             squashed = (math.log(init_std) - LOG_STD_MIN) / (0.5 * (LOG_STD_MAX - LOG_STD_MIN)) - 1
@@ -72,21 +77,39 @@ class GaussianActor(nn.Module):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
         return mean, log_std
 
+    @staticmethod
+    def _log_prob(mean: torch.Tensor, log_std: torch.Tensor, u: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``log N(u; μ, σ²) − Σ_i log(1 − tanh(u_i)² + ε)`` for ``action = tanh(u)``."""
+        log_prob = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return log_prob - torch.log1p(-action.pow(2) + 1e-6).sum(-1)
+
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self(obs)
-        std = log_std.exp()
-        u = mean + std * torch.randn_like(mean)
+        u = mean + log_std.exp() * torch.randn_like(mean)
         action = torch.tanh(u)
-        log_prob = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        log_prob = log_prob - torch.log1p(-action.pow(2) + 1e-6).sum(-1)
-        return action, log_prob
+        return action, self._log_prob(mean, log_std, u, action)
+
+    def actions(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        return torch.tanh(self(obs)[0]) if deterministic else self.sample(obs)[0]
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The density :meth:`sample` draws from, of actions in ``[-1, 1]``; actions on the boundary are moved
+        inside by ``1e-6`` first, as Stable-Baselines3's ``TanhBijector.inverse`` does (``tanh`` reaches ±1
+        in float32 for ``|u| > 9``, and ``atanh(±1)`` is infinite)."""
+        actions = actions.clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+        mean, log_std = self(obs)
+        return self._log_prob(mean, log_std, torch.atanh(actions), actions)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32)
-        if deterministic:
-            return torch.tanh(self(obs_t)[0]).numpy()
-        return self.sample(obs_t)[0].numpy()
+        return self.actions(torch.as_tensor(obs, dtype=torch.float32), deterministic).numpy()
+
+    def spec(self) -> dict:
+        return {"hidden_dims": list(self.hidden_dims)}
+
+    @classmethod
+    def from_spec(cls, obs_dim: int, act_dim: int, spec: dict) -> "GaussianActor":
+        return cls(obs_dim, act_dim, tuple(spec["hidden_dims"]))
 
 
 class SAC:
