@@ -48,6 +48,42 @@ def test_tiny_grid_runs_every_trial(demos, tmp_path, executor):
     assert [r["state"] for r in read_csv_rows(tmp_path / "trials.csv")] == ["done", "done"]
 
 
+def test_rescore_evaluates_every_trials_final_policy_on_the_same_episodes(demos, tmp_path, capsys):
+    """Issue 42: a grid of a flow-cascade method (bc) and one that acts with another network (sac, a
+    tanh-Gaussian actor) keeps each trial's final policy; ``bench report --rescore N`` evaluates both on the
+    same N episodes, as ``swfp eval`` would, beside the training's numbers, and reuses them next time."""
+    from swfp.cli import main
+    from swfp.rescore import RESCORE_SEED
+
+    config = GridConfig(**{**tiny_grid(demos).__dict__, "algos": ["bc", "sac"],
+                           "settings": {"sac": {"learning_starts": "100", "batch_size": "64"}}})
+    assert [r["state"] for r in run_grid(config, tmp_path, workers=2)] == ["done", "done"]
+    runs = {algo: tmp_path / "runs" / TASK / algo / "seed0" for algo in ("bc", "sac")}
+    assert (runs["bc"] / "policy.safetensors").is_file() and (runs["sac"] / "actor.safetensors").is_file()
+
+    assert main(["bench", "report", str(tmp_path), "--rescore", "24"]) == 0
+    capsys.readouterr()
+    scores = {algo: json.loads((run / "rescore.json").read_text()) for algo, run in runs.items()}
+    for algo, score in scores.items():
+        assert (score["episodes"], score["seed"], len(score["returns"])) == (24, RESCORE_SEED, 24)
+        assert main(["eval", str(runs[algo]), "--episodes", "24", "--seed", str(RESCORE_SEED), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["returns"] == score["returns"]  # the one evaluator
+    assert scores["bc"]["returns"] != scores["sac"]["returns"]
+    report = (tmp_path / "report.md").read_text()
+    assert f"on the same 24 episodes (episode seeds {RESCORE_SEED}–{RESCORE_SEED + 23}" in report
+    for algo in ("bc", "sac"):
+        summary = json.loads((runs[algo] / "summary.json").read_text())
+        assert (f"| {TASK} | {algo} | seed0 | {summary['return_after']:.1f} | {scores[algo]['return_mean']:.1f} ± "
+                in report)
+    rows = read_csv_rows(tmp_path / "rescore.csv")
+    assert [(r["algorithm"], r["episodes"], r["episode_seed"]) for r in rows] == [
+        ("bc", "24", str(RESCORE_SEED)), ("sac", "24", str(RESCORE_SEED))]
+
+    written = {algo: (run / "rescore.json").stat().st_mtime_ns for algo, run in runs.items()}
+    assert main(["bench", "report", str(tmp_path), "--rescore", "24"]) == 0  # nothing changed: nothing re-run
+    assert {algo: (run / "rescore.json").stat().st_mtime_ns for algo, run in runs.items()} == written
+
+
 def read_csv_rows(path):
     header, *lines = path.read_text().strip().splitlines()
     return [dict(zip(header.split(","), line.split(","))) for line in lines]

@@ -177,6 +177,11 @@ def test_compare_lines_up_runs_at_shared_steps_and_names_what_differs(tmp_path):
                           "a", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "one distinct label per run" in cli.stderr
 
+    pretraining = write_probe(tmp_path, "bc", 0.03, {0: (1, 2), 10: (3, 4)})  # its steps are gradient steps
+    pretraining.joinpath("meta.json").write_text(json.dumps({"kind": "pretrain"}))
+    with pytest.raises(ValueError, match="is a pre-training run.*--algo bc"):
+        compare_runs({"default": default, "bc": pretraining}, tmp_path / "mixed")
+
 
 def test_env_step_axes_are_labelled_in_thousands():
     """Full step counts ("125000") run into each other on a 200k axis; the plots label them "125k"."""

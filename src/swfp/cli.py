@@ -524,14 +524,23 @@ def bench_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help="the grid's directory (holding runs/<task>/<algo>/seed<s>/)")
     p.add_argument("--beside", action="append", metavar="GRID",
                    help="another grid whose methods RESULTS lacks are reported beside it (marked *); repeatable")
+    p.add_argument("--rescore", type=_positive(int), default=None, metavar="N",
+                   help="also evaluate every finished trial's final policy on the same N episodes (e.g. 100), "
+                        "beside the numbers written during training; kept in each trial's rescore.json")
+    p.add_argument("--rescore-seed", type=_nonnegative_int, default=None, metavar="S",
+                   help="episode i of the re-scoring is seeded S + i, the policy's noise S (default 10000000)")
 
 
 @command("bench report", "aggregate a grid: IQM with bootstrap intervals, P(improvement), dips, plots",
          bench_report_arguments)
 def cmd_bench_report(args) -> int:
     from swfp.report import write_report
+    from swfp.rescore import RESCORE_SEED
 
-    write_report(Path(args.results), [Path(b) for b in args.beside or []])
+    if args.rescore_seed is not None and args.rescore is None:
+        raise ValueError("--rescore-seed sets the episodes of --rescore N; give --rescore too")
+    write_report(Path(args.results), [Path(b) for b in args.beside or []], args.rescore,
+                 RESCORE_SEED if args.rescore_seed is None else args.rescore_seed)
     print((Path(args.results) / "report.md").read_text())
     return 0
 

@@ -38,6 +38,12 @@ def interquartile_mean(values: np.ndarray) -> float:
     return float(x[cut:x.size - cut].mean())
 
 
+def mean_half_width(values: np.ndarray) -> float:
+    """Half-width of the normal 95 % interval of the mean, ``1.96·s/√n`` (``nan`` for a single value)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    return 1.96 * float(values.std(ddof=1)) / values.size ** 0.5 if values.size > 1 else float("nan")
+
+
 @dataclass
 class EvalResult:
     returns: np.ndarray

@@ -14,10 +14,14 @@ dip over the whole run, where its wall time went per env step (collection, criti
 block, evaluation) and, for SWFP, its blocks accepted / rejected and compactions. Trials that have
 not finished (a grid spread over sessions) are named below the tables with how far they got.
 
+With ``--rescore N`` every finished trial's final policy is also evaluated again on the same N episodes
+(:mod:`swfp.rescore`), whatever its method, and a third table puts these numbers, with the same
+statistics, beside those the runs wrote during training (each on its own evaluation episodes).
+
 Reads ``RESULTS/runs/<task>/<algo>/seed<s>/{summary.json, eval.csv}`` (what ``swfp bench grid``
 writes), and with ``--beside GRID`` the (task, method) pairs of another grid that ``RESULTS`` lacks
 (marked ``*``); writes ``report.md``, ``report.csv``, ``report_trials.csv``, ``learning_curves.png``,
-``final_iqm.png`` and ``sample_efficiency.png`` into ``RESULTS``.
+``final_iqm.png`` and ``sample_efficiency.png`` into ``RESULTS`` (and ``rescore.csv`` with ``--rescore``).
 
 ``swfp bench compare`` (:func:`compare_runs`) is the small sibling for probes of one setting: single
 runs, finished or not, side by side at the env steps they share, with what differs in their configs.
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from swfp.logger import label_steps, read_csv, save_figure
+from swfp.rescore import RESCORE_SEED, rescore
 from swfp.runio import atomic_write_text, read_json, write_run_metadata
 
 REFERENCE = "swfp"
@@ -59,7 +64,7 @@ def load_trials(results: Path, beside: list[Path] = ()) -> dict[tuple[str, str],
             seconds = sum(summary["seconds_per_env_step"].values()) * summary["env_steps"]
             found[summary["task"], summary["algorithm"]].append(
                 {**summary, "seed": summary_path.parent.name, "history": history, "wall_seconds": seconds,
-                 "grid": str(grid)})
+                 "grid": str(grid), "run_dir": summary_path.parent})
         if not found:
             raise FileNotFoundError(f"no finished trials under {grid}/runs (expected runs/<task>/<algo>/seed<s>/"
                                     "summary.json, as `swfp bench grid` writes)")
@@ -197,6 +202,11 @@ def trial_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bracket(low: float, high: float, digits: int) -> str:
+    """An interval as ``[low, high]``, or the reason there is none."""
+    return "[— 1 seed]" if np.isnan(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def markdown(rows: list[dict], results: Path) -> str:
     beside = sorted({r["grid"] for r in rows} - {str(results)})
     lines = [f"Fine-tuning results from `{results}` (IQM over seeds with 95 % stratified bootstrap intervals, "
@@ -206,9 +216,6 @@ def markdown(rows: list[dict], results: Path) -> str:
              "| task | method | seeds | before | after (mean) | after IQM [95 % CI] | det. after IQM [95 % CI] | "
              "P(swfp > method) [95 % CI] | early dip | wall h/run |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    def bracket(low: float, high: float, digits: int) -> str:
-        return "[— 1 seed]" if np.isnan(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
-
     for r in rows:
         p = "—" if np.isnan(r["p_swfp_better"]) else f"{r['p_swfp_better']:.2f} {bracket(r['p_low'], r['p_high'], 2)}"
         method = r["algorithm"] + ("" if r["grid"] == str(results) else "*")
@@ -275,7 +282,9 @@ def plot(trials, rows: list[dict], results: Path) -> None:
     save(fig, "final_iqm.png")
 
 
-def write_report(results: Path, beside: list[Path] = ()) -> list[dict]:
+def write_report(results: Path, beside: list[Path] = (), rescore_episodes: int | None = None,
+                 rescore_seed: int = RESCORE_SEED) -> list[dict]:
+    """Write the report; with ``rescore_episodes``, also re-score every finished trial's final policy."""
     from swfp.bench import write_rows_csv
 
     results = Path(results)
@@ -285,9 +294,77 @@ def write_report(results: Path, beside: list[Path] = ()) -> list[dict]:
     write_rows_csv(results / "report_trials.csv", per_trial)
     unfinished = unfinished_trials(results)
     note = f"\nNot finished, so not in these tables: {'; '.join(unfinished)}.\n" if unfinished else ""
-    atomic_write_text(results / "report.md", markdown(rows, results) + "\n" + trial_markdown(per_trial) + note)
+    rescored = ""
+    if rescore_episodes is not None:
+        rescore_rows = rescore_trials(trials, rescore_episodes, rescore_seed)
+        write_rows_csv(results / "rescore.csv", rescore_rows)
+        rescored = "\n" + rescore_markdown(trials, rescore_rows, rescore_episodes, rescore_seed)
+    atomic_write_text(results / "report.md", markdown(rows, results) + "\n" + trial_markdown(per_trial) + note
+                      + rescored)
     plot(trials, rows, results)
     return rows
+
+
+def rescore_trials(trials: dict[tuple[str, str], list[dict]], episodes: int, seed: int) -> list[dict]:
+    """Re-score every trial that kept its final policy (``trial["rescore"]``, :func:`swfp.rescore.rescore`);
+    one row per trial, beside its last evaluation during training."""
+    from swfp.logger import make_progress
+
+    todo = [trial for runs in trials.values() for trial in runs]
+    with make_progress() as progress:
+        bar = progress.add_task(f"re-scoring on {episodes} episodes", total=len(todo), status="")
+        for trial in todo:
+            progress.update(bar, status=str(trial["run_dir"]))
+            trial["rescore"] = rescore(trial["run_dir"], episodes, seed)
+            progress.advance(bar)
+    rows = []
+    for (task, algo), runs in sorted(trials.items()):
+        for trial in sorted((t for t in runs if t["rescore"]), key=lambda t: t["seed"]):
+            score = trial["rescore"]
+            rows.append({"task": task, "algorithm": algo, "seed": trial["seed"], "grid": trial["grid"],
+                         "return_after": trial["return_after"], "rescored": score["return_mean"],
+                         "rescored_ci": score["return_ci"],
+                         "det_return_after": trial.get("det_return_after", float("nan")),
+                         "det_rescored": score["det_return_mean"], "det_rescored_ci": score["det_return_ci"],
+                         "episodes": episodes, "episode_seed": seed})
+    if not rows:
+        raise FileNotFoundError("no finished trial kept its final policy (policy.* or actor.* beside its "
+                                "summary.json), so none can be re-scored; grids keep them since issue 42")
+    return rows
+
+
+def rescore_markdown(trials: dict[tuple[str, str], list[dict]], rows: list[dict], episodes: int, seed: int) -> str:
+    """The re-scored IQM per task and method (the training's, on the same trials, beside it) and every trial."""
+    kept = {key: [t for t in runs if t["rescore"]] for key, runs in trials.items()}
+    kept = {key: runs for key, runs in kept.items() if runs}
+    trained = aggregate(kept)
+    rescored = aggregate({key: [{**t, "return_after": t["rescore"]["return_mean"],
+                                 "det_return_after": t["rescore"]["det_return_mean"]} for t in runs]
+                          for key, runs in kept.items()})
+    lines = [f"Re-scored: each finished trial's final policy on the same {episodes} episodes (episode seeds {seed}–"
+             f"{seed + episodes - 1}, policy noise seed {seed}; `swfp eval RUN --episodes {episodes} --seed {seed}` "
+             "gives any of them), beside the last evaluation each run wrote during training (on its own episodes); "
+             "IQM over seeds with 95 % stratified bootstrap intervals", "",
+             "| task | method | seeds | training: after IQM | re-scored IQM [95 % CI] | training: det. after IQM | "
+             "re-scored det. IQM [95 % CI] | re-scored P(swfp > method) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for before, after in zip(trained, rescored):
+        p = "—" if np.isnan(after["p_swfp_better"]) else f"{after['p_swfp_better']:.2f}"
+        lines.append(f"| {after['task']} | {after['algorithm']} | {after['seeds']} | {before['iqm_after']:.1f} | "
+                     f"{after['iqm_after']:.1f} {bracket(after['iqm_low'], after['iqm_high'], 1)} | "
+                     f"{before['det_iqm_after']:.1f} | {after['det_iqm_after']:.1f} "
+                     f"{bracket(after['det_iqm_low'], after['det_iqm_high'], 1)} | {p} |")
+    lines += ["", "| task | method | seed | training: after | re-scored (± 95 % CI) | training: det. after | "
+                  "re-scored det. (± 95 % CI) |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['seed']} | {r['return_after']:.1f} | {r['rescored']:.1f} "
+                     f"± {r['rescored_ci']:.1f} | {r['det_return_after']:.1f} | {r['det_rescored']:.1f} ± "
+                     f"{r['det_rescored_ci']:.1f} |")
+    missing = sorted(f"{Path(t['run_dir']).relative_to(t['grid']).as_posix()}" for runs in trials.values()
+                     for t in runs if not t["rescore"])
+    if missing:
+        lines += ["", f"Kept no final policy, so not re-scored: {'; '.join(missing)}."]
+    return "\n".join(lines) + "\n"
 
 
 def config_differences(configs: dict[str, dict]) -> dict[str, dict[str, object]]:
@@ -318,6 +395,10 @@ def compare_runs(runs: dict[str, Path], out: Path, last: int = 3) -> list[dict]:
     for label, run in runs.items():
         if not (Path(run) / "eval.csv").is_file():
             raise FileNotFoundError(f"{run} has no eval.csv: is it a `swfp finetune` run directory?")
+        if (Path(run) / "meta.json").is_file() and read_json(Path(run) / "meta.json").get("kind") == "pretrain":
+            raise ValueError(f"{run} is a pre-training run, evaluated at gradient steps, not env steps; compare "
+                             "fine-tuning runs of any method, and put the pre-trained flow on their schedule with "
+                             "`swfp finetune PRETRAINED --algo bc`")
         histories[label] = {int(r["step"]): r for r in read_csv(Path(run) / "eval.csv")}
         configs[label] = read_json(Path(run) / "config.json")
     steps = sorted(set.intersection(*[set(h) for h in histories.values()]))
