@@ -365,7 +365,7 @@ def cmd_quickstart(args) -> int:
     from swfp.algorithms.swfp import SWFP
     from swfp.assets import shipped_expert_dir
     from swfp.demos import generate_demos
-    from swfp.evaluate import evaluate
+    from swfp.evaluate import evaluate_seeded, mean_half_width
     from swfp.policy import Policy
     from swfp.pretrain import PretrainConfig, pretrain
 
@@ -382,10 +382,8 @@ def cmd_quickstart(args) -> int:
     results = {}
     for label, policy in (("flow BC", Policy.load(out / "bc")), ("SWFP", agent.policy())):
         for deterministic in (False, True):
-            returns = evaluate(lambda o: policy.normalized_actions(o, deterministic=deterministic), task,
-                               args.eval_episodes, seed=args.seed + 2_000_000).returns
-            results[label, deterministic] = (float(returns.mean()),
-                                             1.96 * float(returns.std(ddof=1)) / len(returns) ** 0.5)
+            returns = evaluate_seeded(policy, task, args.eval_episodes, args.seed + 2_000_000, deterministic).returns
+            results[label, deterministic] = (float(returns.mean()), mean_half_width(returns))
     print_quickstart(results, summary, args.eval_episodes)
     print(f"run directory: {out} (bc/ and swfp/: policies, configs, metrics, learning_curve.png)")
     return 0
