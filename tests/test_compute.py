@@ -26,11 +26,14 @@ def test_bench_compute_bptt_memory_grows_with_k_and_the_block_step_does_not(tmp_
     assert large["bptt_memory_mb"] > 1.5 * small["bptt_memory_mb"]  # 8× the Euler steps (plus the critic's share)
     assert large["swfp_block_memory_mb"] == pytest.approx(small["swfp_block_memory_mb"])
     assert large["bptt_over_swfp_memory"] > small["bptt_over_swfp_memory"]
+    chain = result["chain"]  # the live block's step against the blocks already in the chain
+    assert [r["earlier_blocks"] for r in chain] == [0, 3, 9]
+    assert len({r["swfp_block_memory_mb"] for r in chain}) == 1
     rows = result["inference"]
     assert [r["blocks"] for r in rows] == [0, 3, 9]
     assert all(r[f"{label}_batch{b}_ms"] > 0 for r in rows for label in ("no_compaction", "compaction") for b in (1, 4))
     assert rows[0]["no_compaction_batch1_over_0_blocks"] == 1.0
-    for name in ("compute_updates.csv", "compute_inference.csv", "compute.md", "compute_updates.png",
+    for name in ("compute_updates.csv", "compute_chain.csv", "compute_inference.csv", "compute.md", "compute_updates.png",
                  "compute_inference.png", "config.json"):
         assert (tmp_path / name).is_file(), name
     assert len(read_csv(tmp_path / "compute_updates.csv")) == 2

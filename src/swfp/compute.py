@@ -153,8 +153,10 @@ def _random_policy(cascade: Cascade, task: str) -> Policy:
     return Policy(cascade, task, np.zeros(obs_dim), np.ones(obs_dim), -np.ones(act_dim), np.ones(act_dim))
 
 
-def block_update(config: ComputeConfig, num_steps: int) -> tuple[Callable[[], object], Callable[[], object], float]:
-    """SWFP on a cascade whose base has ``num_steps`` Euler steps and ``earlier_blocks`` blocks: one step of the
+def block_update(config: ComputeConfig, num_steps: int,
+                 earlier_blocks: int | None = None) -> tuple[Callable[[], object], Callable[[], object], float]:
+    """SWFP on a cascade whose base has ``num_steps`` Euler steps and ``earlier_blocks`` blocks (default: the
+    config's): one step of the
     live block at SWFP's default settings (equation (1) with the box term, Jacobian log-det included, the
     pessimistic value of two critic members; :class:`~swfp.live.LiveBlock`), the redraw of its prefix pool
     (``4 × batch`` states; once per block), and the step's memory in bytes."""
@@ -164,7 +166,8 @@ def block_update(config: ComputeConfig, num_steps: int) -> tuple[Callable[[], ob
     swfp_config = SWFPConfig(block_batch_size=config.batch_size)
     block_config = swfp_config.block_config()
     cascade = Cascade(_flow(obs_dim, act_dim, config.task, num_steps),
-                      [JKOBlock(obs_dim, act_dim, block_config) for _ in range(config.earlier_blocks)])
+                      [JKOBlock(obs_dim, act_dim, block_config) for _ in range(
+                          config.earlier_blocks if earlier_blocks is None else earlier_blocks)])
     critic = Critic(obs_dim, act_dim, swfp_config.critic)
     states = torch.randn(4 * config.batch_size, obs_dim)
     pool = PrefixPool(obs_dim, act_dim, len(states))
@@ -244,23 +247,39 @@ def inference_latency(config: ComputeConfig) -> list[dict]:
     return rows
 
 
+def chain_costs(config: ComputeConfig) -> list[dict]:
+    """Rows per number of earlier blocks (at the default K): the live block's step and the pool redraw, time
+    (interleaved) and memory. The step reads the pool only, so its time and memory stay flat; the redraw
+    (once per block) runs the chain and grows with it."""
+    fns, memory = {}, {}
+    k = FlowConfig().num_steps
+    for n in config.block_counts:
+        fns[f"swfp_block_step_ms/{n}"], fns[f"swfp_pool_draw_ms/{n}"], memory[f"swfp_block_memory_mb/{n}"] = \
+            block_update(config, k, earlier_blocks=n)
+    figures = {**interleaved_medians(fns, config.repeats, config.warmup),
+               **{name: value / 2**20 for name, value in memory.items()}}
+    return [{"earlier_blocks": n, "euler_steps": k, **{name.split("/")[0]: value for name, value in figures.items()
+                                                        if name.endswith(f"/{n}")}} for n in config.block_counts]
+
+
 def bench_compute(config: ComputeConfig, out: Path) -> dict[str, list[dict]]:
     """Measure both tables; write ``compute_updates.csv``, ``compute_inference.csv``, ``compute.md`` and plots."""
     from swfp.bench import write_rows_csv
 
     torch.manual_seed(config.seed)
     with torch_threads(config.threads):
-        updates, inference = update_costs(config), inference_latency(config)
+        updates, chain, inference = update_costs(config), chain_costs(config), inference_latency(config)
     out = Path(out)
     write_run_metadata(out, asdict(config), config.seed, kind="bench-compute")
     write_rows_csv(out / "compute_updates.csv", updates)
+    write_rows_csv(out / "compute_chain.csv", chain)
     write_rows_csv(out / "compute_inference.csv", inference)
-    atomic_write_text(out / "compute.md", compute_markdown(config, updates, inference))
+    atomic_write_text(out / "compute.md", compute_markdown(config, updates, chain, inference))
     plot_compute(config, updates, inference, out)
-    return {"updates": updates, "inference": inference}
+    return {"updates": updates, "chain": chain, "inference": inference}
 
 
-def compute_markdown(config: ComputeConfig, updates: list[dict], inference: list[dict]) -> str:
+def compute_markdown(config: ComputeConfig, updates: list[dict], chain: list[dict], inference: list[dict]) -> str:
     lines = [f"Update cost against K, {config.task} network sizes, batch {config.batch_size}, "
              f"median of {config.repeats} ({machine_line(config.threads)})", "",
              "| K | SWFP block step (ms) | bptt actor update (ms) | bptt / SWFP time | SWFP block memory (MB) | "
@@ -271,6 +290,12 @@ def compute_markdown(config: ComputeConfig, updates: list[dict], inference: list
               f"{r['bptt_over_swfp_memory']:.1f} | {r['swfp_pool_draw_ms']:.0f} |" for r in updates]
     lines += ["", "Memory: parameters + gradients + Adam moments of what is trained, plus the activations its loss "
               "saves for backward.", "",
+              f"SWFP's live block step against the blocks already in the chain, K = {FlowConfig().num_steps}", "",
+              "| earlier blocks | block step (ms) | block memory (MB) | pool redraw, once per block (ms) |",
+              "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['earlier_blocks']} | {r['swfp_block_step_ms']:.1f} | {r['swfp_block_memory_mb']:.2f} | "
+              f"{r['swfp_pool_draw_ms']:.0f} |" for r in chain]
+    lines += ["",
               f"Action inference latency (ms) against appended blocks, base K = {FlowConfig().num_steps}, "
               f"compaction at {config.max_blocks} blocks", ""]
     batches = config.inference_batches
