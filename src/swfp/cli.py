@@ -123,7 +123,7 @@ def pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, help="Gymnasium id (default: the task recorded in the dataset)")
     p.add_argument("--steps", type=_positive(int), default=100_000)
     p.add_argument("--batch-size", type=_positive(int), default=256)
-    p.add_argument("--lr", type=_positive(float), default=3e-4)
+    p.add_argument("--lr", type=_positive(float), default=None, help="peak learning rate (default 1e-3)")
     p.add_argument("--euler-steps", type=_positive(int), default=10, help="K, Euler steps of the sampler")
     p.add_argument("--hidden-dims", type=_positive(int), nargs="+", default=None,
                    help="velocity network widths (default: the task's, 256 256 256 for Hopper)")
@@ -139,9 +139,10 @@ def cmd_pretrain(args) -> int:
     from swfp.pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig(dataset=args.dataset, task=args.task, steps=args.steps, batch_size=args.batch_size,
-                            lr=args.lr, action_chunk=args.action_chunk, euler_steps=args.euler_steps,
+                            action_chunk=args.action_chunk, euler_steps=args.euler_steps,
                             hidden_dims=tuple(args.hidden_dims) if args.hidden_dims else None,
-                            eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed)
+                            eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
+                            **({} if args.lr is None else {"lr": args.lr}))
     summary = pretrain(config, Path(args.out))
     print_comparison(summary)
     return 0

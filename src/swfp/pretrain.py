@@ -7,6 +7,20 @@ Optimisation follows common diffusion-policy practice (Chi et al., 2023): AdamW,
 then cosine decay of the learning rate, and an exponential moving average of the weights which is
 what gets evaluated and saved. Observations are standardised with the dataset's statistics, which
 travel with the checkpoint.
+
+Two defaults decide whether a short run keeps the modes of multimodal demonstrations (issue 37,
+``tests/test_pretrain.py``). Flow matching first fits the mean velocity, whose samples form one blob
+at the data's mean, and only later the action-dependent part that splits it into the modes:
+
+* **Learning rate 1e-3.** At 3e-4 a 3000-step run is still in the blob phase (2 modes at ±0.5 in 1-D:
+  ~20 % of samples within 0.2 of each mode, 30 % near 0; 10000 steps were needed for ~47 %); at 1e-3 it
+  splits them (41–47 % each). The warm-up's length (100 or 1000 steps) made no difference.
+* **EMA warm-up.** A fixed decay of 0.999 averages over the last ~1000 steps, so after 3000 steps
+  the average still holds the blob: 4 modes in 2-D, 85 % of the raw network's samples lay within
+  0.2 of a mode and 44 % of its EMA's. Chi et al.'s warm-up (``diffusion_policy``'s ``EMAModel``,
+  ``power: 0.75`` in its configs) lets the average forget at the pace training moves:
+  ``decay_n = min(ema_decay, 1 − (1 + n)^−ema_power)``, 0.999 from n ≈ 10k steps on, so a long run
+  averages as before.
 """
 
 from __future__ import annotations
@@ -35,10 +49,11 @@ class PretrainConfig:
     task: str | None = None          # None: the task recorded in the dataset
     steps: int = 100_000
     batch_size: int = 256
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-6
     warmup_steps: int = 1_000
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999         # the average's decay once warmed up
+    ema_power: float = 0.75          # EMA warm-up (Chi et al.): decay_n = min(ema_decay, 1 − (1 + n)^−ema_power)
     action_chunk: int | None = None  # None: the task's default
     hidden_dims: tuple[int, ...] | None = None  # velocity network widths; None: the task's default
     euler_steps: int = 10            # K, fixed Euler steps of the sampler (h = 1/K)
@@ -55,6 +70,8 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.ema_power <= 0:
+            raise ValueError(f"ema_power must be > 0, got {self.ema_power}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("lr must be > 0, warmup_steps and eval_every >= 0, log_every >= 1")
         if self.action_chunk is not None and self.action_chunk < 1:
@@ -91,6 +108,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(total - warmup, 1)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def ema_decay_at(updates: int, max_decay: float, power: float) -> float:
+    """The EMA's decay at its ``updates``-th update (0 first): ``min(max_decay, 1 − (1 + n)^−power)``, Chi et
+    al.'s warm-up; the first update copies the weights, and the average's horizon grows with training."""
+    return min(max_decay, 1.0 - (1.0 + updates) ** -power)
 
 
 def pretrain(config: PretrainConfig, out: Path) -> dict:
@@ -140,8 +163,9 @@ def pretrain(config: PretrainConfig, out: Path) -> dict:
             optimizer.step()
             scheduler.step()
             with torch.no_grad():
+                decay = ema_decay_at(step - 1, config.ema_decay, config.ema_power)
                 for e, p in zip(ema.parameters(), flow.parameters()):
-                    e.lerp_(p, 1 - config.ema_decay)
+                    e.lerp_(p, 1 - decay)
             running_loss += loss.item()
             window += 1
             if step % config.log_every == 0 or step == config.steps:
