@@ -79,19 +79,25 @@ class ReplayBuffer:
         buffer.add(observations, actions, rewards, next_observations, terminals)
         return buffer
 
+    def continues(self) -> np.ndarray:
+        """``(size,)`` bools: whether row ``i``'s ``s'`` is the ``s`` of row ``i + stride``, i.e. its
+        sub-environment's episode goes on in the next row it wrote. False where an episode ended (terminated
+        or truncated: the next row starts from a reset state), at the ring's seam and on the last ``stride``
+        rows. Collection writes every state twice, as ``s'`` of one row and ``s`` of the next."""
+        n, k = self.size, self.stride
+        out = np.zeros(n, bool)
+        out[:max(n - k, 0)] = np.all(self.next_observations[:max(n - k, 0)] == self.observations[k:n], axis=1)
+        return out
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays for checkpointing: the filled part, with each ``s'`` stored only where it is not the
-        ``s`` of the row ``stride`` later (episode ends, the ring's seam). Collection writes every
-        state twice, as ``s'`` of one row and ``s`` of the next, so this nearly halves the largest
-        part of a checkpoint (a grid carries unfinished trials' checkpoints between sessions) and is exact."""
-        n, k = self.size, self.stride
-        obs, next_obs = self.observations[:n], self.next_observations[:n]
-        own = np.ones(n, bool)
-        own[:max(n - k, 0)] = np.any(next_obs[:max(n - k, 0)] != obs[k:], axis=1)
-        rows = np.flatnonzero(own)
-        return {"observations": obs, "actions": self.actions[:n], "rewards": self.rewards[:n],
-                "next_observation_rows": rows, "next_observations": next_obs[rows], "terminals": self.terminals[:n],
-                "position": np.array(self.position), "stride": np.array(k)}
+        ``s`` of the row ``stride`` later (:meth:`continues`). This nearly halves the largest part of a
+        checkpoint (a grid carries unfinished trials' checkpoints between sessions) and is exact."""
+        n = self.size
+        rows = np.flatnonzero(~self.continues())
+        return {"observations": self.observations[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
+                "next_observation_rows": rows, "next_observations": self.next_observations[rows],
+                "terminals": self.terminals[:n], "position": np.array(self.position), "stride": np.array(self.stride)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         n, k = len(state["rewards"]), int(state["stride"])

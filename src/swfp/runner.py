@@ -26,6 +26,9 @@ specific to it; the runner owns everything else, so methods compare on equal ter
   without the runner (e.g. Ctrl-C interrupts at once).
 * **Wall time** is charged to the loop's phases (:class:`PhaseClock`) and carried in the
   checkpoint, so a run spread over several sessions reports its whole time and its time per step.
+* **Snapshots** (``RunConfig.snapshots``, off by default): the policy of every evaluation saved under
+  ``snapshots/<env step>/``, so a policy can be chosen after the run from more than its last one
+  (``swfp expert`` ships its best snapshot and a "medium" one, :mod:`swfp.expert_choice`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from swfp.logger import MetricLogger, make_progress, plot_learning_curve, read_c
 from swfp.runio import CheckpointError, atomic_write, atomic_write_json, atomic_write_text, write_run_metadata
 
 CHECKPOINT = "checkpoint.pt"
+SNAPSHOTS = "snapshots"
 EVAL_SEED_OFFSET = 1_000_000
 
 
@@ -103,6 +107,7 @@ class RunConfig:
     eval_episodes: int | None = None     # None: the task's default
     checkpoint_every: int | None = None  # None: total / 10
     log_every: int = 1_000
+    snapshots: bool = False              # save the policy of every evaluation under snapshots/<env step>/
 
     def __post_init__(self):
         if self.total_env_steps < 1 or self.num_envs < 1 or self.log_every < 1:
@@ -172,11 +177,11 @@ def restore_rng(rng: np.random.Generator, state: str) -> None:
 class RunStopped(Exception):
     """A run stopped by a signal after checkpointing its current env step; ``--resume`` continues it."""
 
-    def __init__(self, signum: int, env_step: int, config: RunConfig, out: Path):
+    def __init__(self, signum: int, env_step: int, config: RunConfig, out: Path, resume_command: str):
         self.signum, self.env_step = signum, env_step
         super().__init__(f"stopped by {signal.Signals(signum).name} at env step {env_step} of "
                          f"{config.total_env_steps}; checkpoint written to {out / CHECKPOINT}; continue with "
-                         f"`swfp finetune PRETRAINED_RUN --out {out} --resume`")
+                         f"`{resume_command}`")
 
 
 @contextlib.contextmanager
@@ -251,26 +256,42 @@ def _fmt(value) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
 
 
-def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, run_config: dict | None = None) -> dict:
-    """Fine-tune ``learner`` online for ``config.total_env_steps`` environment steps; write ``out``.
+def run(learner: Learner, config: RunConfig, out: Path, resume: bool = False, run_config: dict | None = None,
+        kind: str | None = None, resume_command: str | None = None) -> dict:
+    """Train ``learner`` online for ``config.total_env_steps`` environment steps; write ``out``.
 
     ``run_config`` is the full resolved configuration saved as ``config.json`` (the runner's own
-    plus the algorithm's). Returns the summary also written to ``summary.json``. Raises
-    :class:`RunStopped` after checkpointing if SIGINT or SIGTERM arrives while it runs.
+    plus the algorithm's); ``kind`` names the run in ``meta.json`` (default ``finetune-<name>``) and
+    ``resume_command`` is what a stopped run tells the user to type (default: ``swfp finetune``'s). Returns
+    the summary also written to ``summary.json``. Raises :class:`RunStopped` after checkpointing if
+    SIGINT or SIGTERM arrives while it runs.
     """
+    out = Path(out)
+    resume_command = resume_command or f"swfp finetune PRETRAINED_RUN --out {out} --resume"
     with stop_requests() as stop:
-        return _run(learner, config.resolved(), Path(out), resume, run_config, stop)
+        return _run(learner, config.resolved(), out, resume, run_config, kind or f"finetune-{learner.name}",
+                    resume_command, stop)
 
 
-def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_config: dict | None,
-         stop: list[int]) -> dict:
+def _evaluate(learner: Learner, config: RunConfig, out: Path, env_step: int, logger: MetricLogger) -> dict:
+    """Evaluate the learner's policy, log it as a row of ``eval.csv`` and, with ``config.snapshots``, save it."""
+    policy = learner.policy()
+    evaluation = {**evaluate_policy(policy, config), **learner.status()}
+    logger.log("eval", env_step, evaluation)
+    if config.snapshots:
+        policy.save(out / SNAPSHOTS / str(env_step))
+    return evaluation
+
+
+def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_config: dict | None, kind: str,
+         resume_command: str, stop: list[int]) -> dict:
     torch.manual_seed(config.seed)
     if resume:
         env_step, phase_seconds = load_checkpoint(out, learner)
         _truncate_history(out, env_step)
     else:
         env_step, phase_seconds = 0, {}
-        write_run_metadata(out, run_config or {"run": config}, config.seed, kind=f"finetune-{learner.name}")
+        write_run_metadata(out, run_config or {"run": config}, config.seed, kind=kind)
     logger = MetricLogger(out, elapsed=sum(phase_seconds.values()))
     venv = make_vector_env(config.task, config.num_envs, seed=config.seed + env_step)
     obs, _ = venv.reset(seed=config.seed + env_step)
@@ -278,7 +299,7 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
         warmup_metrics = learner.warm_up()
         if warmup_metrics:
             logger.log("train", 0, warmup_metrics)
-        logger.log("eval", 0, {**evaluate_policy(learner.policy(), config), **learner.status()})
+        _evaluate(learner, config, out, 0, logger)
     clock = PhaseClock(PHASES, phase_seconds)
     with make_progress() as progress:
         bar = progress.add_task(f"{learner.name} {config.task}", total=config.total_env_steps,
@@ -299,9 +320,8 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
                 logger.log(stream, env_step, record)
             if _crossed(before, env_step, config.eval_every) or env_step >= config.total_env_steps:
                 clock.switch("eval")
-                evaluation = {**evaluate_policy(learner.policy(), config), **learner.status()}
+                evaluation = _evaluate(learner, config, out, env_step, logger)
                 clock.switch("log")
-                logger.log("eval", env_step, evaluation)
                 progress.update(bar, status=" ".join(f"{k} {v:.3g}" for k, v in evaluation.items()
                                                      if k in ("return_mean", "det_return_mean", "blocks",
                                                               "w2_upper", "trust_bound")))
@@ -315,7 +335,7 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
     logger.close()
     save_checkpoint(out, learner, env_step, clock)
     if env_step < config.total_env_steps:
-        raise RunStopped(stop[0], env_step, config, out)
+        raise RunStopped(stop[0], env_step, config, out, resume_command)
     history = read_csv(out / "eval.csv")
     before_return, final = history[0]["return_mean"], history[-1]
     summary = {"algorithm": learner.name, "task": config.task, "env_steps": env_step,

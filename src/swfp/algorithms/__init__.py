@@ -71,6 +71,12 @@ def make_config(name: str, overrides: dict[str, str] | None = None, saved: dict 
         if overrides:
             raise ValueError(f"--algo {name} has no hyper-parameters; drop --set {' '.join(overrides)}")
         return None
+    return build_config(config_class, overrides, saved)
+
+
+def build_config(config_class, overrides: dict[str, str] | None = None, saved: dict | None = None):
+    """A typed config of ``config_class`` from its defaults or ``saved``, with ``KEY=VALUE`` overrides read as
+    :func:`make_config` reads them (also ``swfp expert --set``)."""
     values = _as_dict(config_class, saved or {})
     for key, text in (overrides or {}).items():
         _set(config_class, values, key.split("."), text, key)

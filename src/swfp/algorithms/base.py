@@ -76,7 +76,7 @@ class FineTuner:
         self._policy = policy
         # what acts, is evaluated and is saved: the flow itself unless a method acts with another network
         self.acting: SavablePolicy = policy
-        self.obs_dim, self.act_dim = int(policy.obs_mean.shape[0]), policy.cascade.act_dim
+        self.obs_dim, self.act_dim = int(policy.obs_mean.shape[0]), policy.act_dim * policy.action_chunk
         self.total_env_steps = total_env_steps
         self.rng = np.random.default_rng()
         self.env_step = 0

@@ -72,6 +72,8 @@ class SACFromScratch(OffPolicyLearner):
     use_demonstrations = False
 
     def __init__(self, policy, demonstrations, config=None, total_env_steps: int = 300_000):
+        """``policy`` gives only the observation statistics and the action box (any
+        :class:`~swfp.policy.EnvPolicy`: the pre-trained flow's here, an expert's own in :mod:`swfp.expert`)."""
         super().__init__(policy, demonstrations, config, total_env_steps)
         obs_dim, act_dim = self.obs_dim, self.act_dim
         self.sac = SAC(obs_dim, act_dim, self.config.sac_config(act_dim), critic=self.critic)
@@ -80,7 +82,7 @@ class SACFromScratch(OffPolicyLearner):
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Uniform random actions for the first ``learning_starts`` env steps, then the stochastic actor."""
         if self.env_step < self.config.learning_starts:
-            return self.rng.uniform(-1.0, 1.0, (len(obs), self._policy.cascade.act_dim)).astype(np.float32)
+            return self.rng.uniform(-1.0, 1.0, (len(obs), self.act_dim)).astype(np.float32)
         return self.policy().normalized_actions(obs)
 
     def update(self, batch: Batch) -> dict[str, float]:
