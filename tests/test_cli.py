@@ -23,8 +23,9 @@ def swfp_cli(*args, check=True):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    swfp_cli("expert", "--task", "Hopper-v5", "--env-steps", 400, "--learning-starts", 200, "--eval-every", 200,
-             "--eval-episodes", 1, "--out", root / "expert")
+    swfp_cli("expert", "--task", "Hopper-v5", "--env-steps", 400, "--set", "learning_starts=200", "--eval-every", 200,
+             "--eval-episodes", 1, *(f"--set=choice.{n}_episodes=2" for n in ("expert", "medium", "fresh")),
+             "--out", root / "expert")
     swfp_cli("demos", "--task", "Hopper-v5", "--expert", root / "expert", "--quality", "medium", "--episodes", 4,
              "--out", root / "demos.npz")
     swfp_cli("pretrain", "--dataset", root / "demos.npz", "--steps", 60, "--hidden-dims", 32, 32,
@@ -47,7 +48,7 @@ def test_action_chunks_pretrain_and_run_open_loop(pipeline):
 
 
 def test_pipeline_writes_what_it_promises(pipeline):
-    for name in ("expert.json", "expert.safetensors", "medium.safetensors", "meta.json", "config.json"):
+    for name in ("expert.json", "expert/actor.safetensors", "medium/actor.safetensors", "meta.json", "config.json"):
         assert (pipeline / "expert" / name).is_file(), name
     for name in ("policy.json", "policy.safetensors", "config.json", "meta.json", "summary.json", "train.csv",
                  "eval.csv", "learning_curve.png"):

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from swfp.algorithms.network_policy import NetworkPolicy
+from swfp.algorithms.sac import GaussianActor
 from swfp.data import DatasetError, action_bounds, load_dataset, normalize_actions
 from swfp.demos import generate_demos
-from swfp.expert import ExpertConfig, load_expert, train_expert
-from swfp.algorithms.sac import GaussianActor
-from swfp.runio import CheckpointError, atomic_write_json, save_tensors
+from swfp.expert import ExpertConfig, expert_run_config, load_expert, train_expert
+from swfp.expert_choice import ChoiceConfig
+from swfp.runio import CheckpointError, atomic_write_json
 
 TASK = "Hopper-v5"
 
@@ -18,7 +20,9 @@ TASK = "Hopper-v5"
 @pytest.fixture(scope="module")
 def expert_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("expert")
-    train_expert(ExpertConfig(task=TASK, env_steps=600, learning_starts=300, eval_every=300, eval_episodes=1), out)
+    choice = ChoiceConfig(shortlist=2, expert_episodes=1, medium_episodes=1, fresh_episodes=1)
+    train_expert(ExpertConfig(learning_starts=300, choice=choice), expert_run_config(TASK, 600, eval_every=200,
+                                                                                      eval_episodes=1), out)
     return out
 
 
@@ -37,7 +41,8 @@ def test_demos_are_a_valid_dataset_for_the_task(demos, expert_dir):
     assert meta["task"] == TASK and meta["source"] == "swfp-expert" and meta["quality"] == "expert"
     assert meta["seed"] == 0 and meta["expert_dir"] == str(expert_dir)
     _, info = load_expert(expert_dir, "expert")
-    assert meta["expert_eval_return"] == info["expert"]["eval_return"]
+    assert meta["policy_step"] == info["expert"]["step"]
+    assert meta["policy_return"] == info["expert"]["evaluation"]["return_mean"]
     assert len(meta["episode_returns"]) == 3
     np.testing.assert_allclose(demos.episode_returns(), meta["episode_returns"], rtol=1e-5)
 
@@ -71,9 +76,9 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(demos, expert_dir):
 
 
 def test_actions_are_stochastic_samples_of_the_expert(demos, expert_dir):
-    actor, _ = load_expert(expert_dir, "expert")
+    policy, _ = load_expert(expert_dir, "expert")
     low, high = action_bounds(TASK)
-    mean_actions = actor.act(demos.observations, deterministic=True)
+    mean_actions = policy.normalized_actions(demos.observations, deterministic=True)
     sampled = normalize_actions(demos.actions, low, high)
     assert not np.allclose(sampled, mean_actions, atol=1e-3)
     assert np.all(np.abs(sampled) <= 1 + 1e-6)
@@ -83,7 +88,7 @@ def test_medium_quality_loads(expert_dir):
     medium = generate_demos(TASK, expert_dir, "medium", episodes=2, seed=0)
     _, info = load_expert(expert_dir, "medium")
     assert medium.metadata["quality"] == "medium"
-    assert medium.metadata["expert_eval_return"] == info["medium"]["eval_return"]
+    assert medium.metadata["policy_return"] == info["medium"]["evaluation"]["return_mean"]
     assert len(medium.metadata["episode_returns"]) == 2
     with pytest.raises(ValueError, match="unknown quality 'random'"):
         generate_demos(TASK, expert_dir, "random", episodes=1, seed=0)
@@ -109,12 +114,13 @@ def test_actions_are_stored_in_env_units_and_truncation_is_a_timeout(tmp_path):
     """Pendulum's box is [-2, 2] and its episodes end only by the 200-step time limit. The expert
     directory is written by hand from an untrained actor (its weights do not matter here)."""
     torch.manual_seed(0)
-    actor = GaussianActor(3, 1, (16,))
+    low, high = action_bounds("Pendulum-v1")
+    policy = NetworkPolicy(GaussianActor(3, 1, (16,)), "expert", "Pendulum-v1", np.zeros(3), np.ones(3), low, high)
     for quality in ("expert", "medium"):
-        save_tensors(tmp_path / f"{quality}.safetensors", actor.state_dict())
-    atomic_write_json(tmp_path / "expert.json", {
-        "task": "Pendulum-v1", "obs_dim": 3, "act_dim": 1, "hidden_dims": [16],
-        "expert": {"eval_return": -1.0}, "medium": {"eval_return": -2.0}})
+        policy.save(tmp_path / quality)
+    evaluation = {"evaluation": {"return_mean": -1.0}}
+    atomic_write_json(tmp_path / "expert.json", {"task": "Pendulum-v1", "expert": {"step": 2, **evaluation},
+                                                 "medium": {"step": 1, **evaluation}})
     d = generate_demos("Pendulum-v1", tmp_path, "expert", episodes=2, seed=0)
     assert len(d) == 400 and not d.terminals.any()
     np.testing.assert_array_equal(np.flatnonzero(d.timeouts), [199, 399])

@@ -62,55 +62,95 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 
 def expert_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="Gymnasium id, e.g. Hopper-v5 or my_module:MyEnv-v0")
+    p.add_argument("--task", default=None, help="Gymnasium id, e.g. Hopper-v5 (not with --resume)")
     p.add_argument("--env-steps", type=_positive(int), default=None,
-                   help="environment steps (default: the task's built-in budget, 300k for locomotion)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--learning-starts", type=_nonnegative_int, default=5000,
-                   help="uniform-random steps before learning (capped at 10%% of the budget)")
-    p.add_argument("--eval-every", type=_positive(int), default=10_000)
-    p.add_argument("--eval-episodes", type=_positive(int), default=5)
-    p.add_argument("--out", required=True, help="expert directory to write")
+                   help="environment steps (default: the task's built-in budget, see README \"Reproduce\")")
+    p.add_argument("--seed", type=_nonnegative_int, default=None, help="(default 0)")
+    p.add_argument("--eval-every", type=_positive(int), default=None,
+                   help="env steps between evaluations, each also a snapshot of the actor (default 20000)")
+    p.add_argument("--eval-episodes", type=_positive(int), default=None, help="episodes per evaluation (default 10)")
+    p.add_argument("--checkpoint-every", type=_positive(int), default=None, help="env steps (default: 1/10 of the run)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a field of the expert's config, e.g. --set learning_starts=1000 or --set choice.shortlist=8 "
+                        "(the sac baseline's fields, `swfp algos --config sac`, and choice.*); repeatable")
+    p.add_argument("--threads", type=_positive(int), default=1, help="torch threads (default 1)")
+    p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped or killed run from its checkpoint, with the settings it started with")
 
 
-@command("expert", "train a Gaussian SAC expert (source of demonstrations)", expert_arguments)
+@command("expert", "train a Gaussian SAC expert, resumable; ship its best snapshot and a medium one", expert_arguments)
 def cmd_expert(args) -> int:
-    from swfp.algorithms.sac import SACConfig
-    from swfp.envs import task_spec
-    from swfp.expert import ExpertConfig, train_expert
+    import torch
 
-    steps = args.env_steps or task_spec(args.task).expert_env_steps
-    config = ExpertConfig(task=args.task, env_steps=steps, seed=args.seed,
-                          learning_starts=min(args.learning_starts, max(steps // 10, 1)),
-                          eval_every=min(args.eval_every, steps), eval_episodes=args.eval_episodes,
-                          sac=SACConfig())
-    info = train_expert(config, Path(args.out))
-    print(f"expert {args.task}: final eval return {info['expert']['eval_return']:.1f} (step {info['expert']['step']}), "
-          f"medium snapshot {info['medium']['eval_return']:.1f} (step {info['medium']['step']}) -> {args.out}")
+    from swfp.algorithms import build_config
+    from swfp.envs import task_spec
+    from swfp.expert import ExpertConfig, expert_run_config, train_expert
+    from swfp.runio import read_json
+    from swfp.runner import CHECKPOINT, RunConfig
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    settings = {"task": args.task, "env_steps": args.env_steps, "seed": args.seed, "eval_every": args.eval_every,
+                "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every}
+    given = {key: value for key, value in settings.items() if value is not None}
+    if args.resume:
+        if given or args.set:
+            flags = [f"--{key.replace('_', '-')}" for key in given] + ["--set"] * bool(args.set)
+            raise ValueError(f"--resume continues {out} with the settings it started with; drop {' '.join(flags)}")
+        saved = read_json(out / "config.json")
+        config, run_config = build_config(ExpertConfig, saved=saved["config"]), RunConfig(**saved["run"])
+    else:
+        if args.task is None:
+            raise ValueError("--task is required to start an expert run (only --resume reads it from the run)")
+        if (out / CHECKPOINT).exists():
+            raise ValueError(f"{out} already holds an expert run; pass --resume to continue it or choose another --out")
+        given["env_steps"] = given.get("env_steps") or task_spec(args.task).expert_env_steps
+        config = build_config(ExpertConfig, parse_set(args.set))
+        run_config = expert_run_config(**given)
+    choice = train_expert(config, run_config, out, resume=args.resume)
+    expert, medium = choice["expert"], choice["medium"]
+    print(f"expert {choice['task']}: snapshot at step {expert['step']}, stochastic return "
+          f"{expert['evaluation']['return_mean']:.1f} ± {expert['evaluation']['return_std']:.1f}; medium at step "
+          f"{medium['step']}, {medium['evaluation']['return_mean']:.1f} ± {medium['evaluation']['return_std']:.1f} "
+          f"({medium['fraction_of_expert']:.2f} of the expert's), over {expert['evaluation']['episodes']} fresh "
+          f"episodes each -> {out}")
     return 0
 
 
 def demos_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True)
-    p.add_argument("--quality", choices=["expert", "medium"], default="medium")
-    p.add_argument("--episodes", type=_positive(int), default=50)
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--expert", default=None, help="expert directory (default: the one shipped for the task)")
+    p.add_argument("--quality", choices=["expert", "medium", "medium-replay"], default="medium",
+                   help="medium-replay: the expert run's replay up to its medium snapshot, as D4RL's")
+    p.add_argument("--episodes", type=_positive(int), default=None, help="episodes to roll out (default 100)")
+    p.add_argument("--seed", type=_nonnegative_int, default=None, help="episode i is reset with seed + i (default 0)")
+    p.add_argument("--expert", default=None,
+                   help="expert directory (default: the one shipped for the task; medium-replay needs the run "
+                        "directory `swfp expert` wrote, which keeps the replay)")
     p.add_argument("--out", required=True, help="dataset file to write (.npz)")
 
 
-@command("demos", "roll out an expert to make a D4RL-style dataset (.npz)", demos_arguments)
+@command("demos", "roll out an expert, or read its replay, to make a D4RL-style dataset (.npz)", demos_arguments)
 def cmd_demos(args) -> int:
-    from swfp.demos import generate_demos
+    from swfp.demos import generate_demos, medium_replay
     from swfp.assets import shipped_expert_dir
     from swfp.envs import task_spec
 
     task_spec(args.task)  # a misspelt id is reported as an unknown task, not as a missing expert for it
-    expert_dir = Path(args.expert) if args.expert else shipped_expert_dir(args.task)
-    if not (expert_dir / "expert.json").is_file():
-        raise FileNotFoundError(f"no expert at {expert_dir}: train one with `swfp expert --task {args.task} "
-                                f"--out DIR` and pass --expert DIR")
-    dataset = generate_demos(args.task, expert_dir, args.quality, args.episodes, args.seed)
+    if args.quality == "medium-replay":
+        if args.episodes is not None or args.seed is not None:
+            raise ValueError("medium-replay is the expert run's recorded replay up to its medium snapshot; "
+                             "--episodes and --seed do not apply to it")
+        if args.expert is None:
+            raise ValueError("medium-replay is read from the expert's training run: pass --expert RUN_DIR, the "
+                             "directory `swfp expert` wrote (the shipped experts do not include their replay)")
+        dataset = medium_replay(args.task, Path(args.expert))
+    else:
+        expert_dir = Path(args.expert) if args.expert else shipped_expert_dir(args.task)
+        if not (expert_dir / "expert.json").is_file():
+            raise FileNotFoundError(f"no expert at {expert_dir}: train one with `swfp expert --task {args.task} "
+                                    f"--out DIR` and pass --expert DIR")
+        dataset = generate_demos(args.task, expert_dir, args.quality, args.episodes or 100, args.seed or 0)
     path = dataset.save(Path(args.out))
     returns = dataset.episode_returns()
     print(f"{args.quality} demonstrations for {args.task}: {len(dataset)} transitions, {len(returns)} episodes, "
@@ -221,14 +261,20 @@ SWFP_FLAGS = (("tau", "tau"), ("q_scale", "q_scale"), ("alpha", "alpha"), ("obje
 SHARED_FLAGS = (("utd_ratio", "utd_ratio"), ("critic_warmup_steps", "critic_warmup_steps"))
 
 
-def finetune_overrides(args, algo: str) -> dict[str, str]:
-    """``--set KEY=VALUE`` pairs plus the shortcut flags the user gave, as config overrides for ``algo``."""
+def parse_set(items: list[str] | None) -> dict[str, str]:
+    """``--set KEY=VALUE`` items as config overrides (read by :func:`swfp.algorithms.build_config`)."""
     overrides = {}
-    for item in args.set or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def finetune_overrides(args, algo: str) -> dict[str, str]:
+    """``--set KEY=VALUE`` pairs plus the shortcut flags the user gave, as config overrides for ``algo``."""
+    overrides = parse_set(args.set)
     for dest, key in SWFP_FLAGS + SHARED_FLAGS:
         value = getattr(args, dest, None)
         if value is None:
@@ -624,6 +670,21 @@ def cmd_bench_readme(args) -> int:
 
     update_readme(Path(args.readme), Path(args.results))
     print(f"{args.readme}: results block regenerated from {args.results}")
+    return 0
+
+
+def bench_experts_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experts", default=None, help="one expert directory per task (default: the shipped experts)")
+    p.add_argument("--readme", default="README.md")
+
+
+@command("bench experts", "regenerate README.md's table of the shipped experts (returns and D4RL scores)",
+         bench_experts_arguments)
+def cmd_bench_experts(args) -> int:
+    from swfp.assets import ASSETS
+    from swfp.expert_table import update_experts_table
+
+    print(update_experts_table(Path(args.readme), Path(args.experts) if args.experts else ASSETS / "experts"))
     return 0
 
 

@@ -34,7 +34,8 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Per-task defaults. ``hidden_dims`` size the flow's velocity network."""
+    """Per-task defaults. ``hidden_dims`` size the flow's velocity network; ``expert_env_steps`` is the budget of
+    ``swfp expert`` (issue 37's, sized for its targets: README "Reproduce")."""
 
     task_id: str
     max_episode_steps: int = 1000
@@ -48,10 +49,10 @@ class TaskSpec:
 
 
 BUILTIN_TASKS: dict[str, TaskSpec] = {
-    "Hopper-v5": TaskSpec("Hopper-v5"),
-    "Walker2d-v5": TaskSpec("Walker2d-v5"),
-    "HalfCheetah-v5": TaskSpec("HalfCheetah-v5"),
-    "Ant-v5": TaskSpec("Ant-v5"),
+    "Hopper-v5": TaskSpec("Hopper-v5", expert_env_steps=600_000),
+    "Walker2d-v5": TaskSpec("Walker2d-v5", expert_env_steps=1_000_000),
+    "HalfCheetah-v5": TaskSpec("HalfCheetah-v5", expert_env_steps=1_000_000),
+    "Ant-v5": TaskSpec("Ant-v5", expert_env_steps=1_000_000),
     "Humanoid-v5": TaskSpec("Humanoid-v5", hidden_dims=(512, 512, 512), expert_env_steps=1_000_000),
     "swfp/QuadraticBandit-v0": TaskSpec("swfp/QuadraticBandit-v0", max_episode_steps=1, eval_episodes=64,
                                         hidden_dims=(64, 64), expert_env_steps=5_000),

@@ -1,133 +1,182 @@
-"""Training Gaussian SAC experts, and loading them to generate demonstrations.
+"""Gaussian SAC experts, the source of the demonstrations, trained on the shared online loop.
 
-An expert directory holds ``expert.json`` (task, network sizes, evaluation history, the command
-that made it) and two actors in safetensors: ``expert.safetensors`` (the final policy) and
-``medium.safetensors`` (the training snapshot whose evaluation return is closest to
-``MEDIUM_FRACTION`` of the final one, as D4RL's "medium" level: a policy partway through training,
-roughly a third to a half of the expert's return).
+``swfp expert`` runs the ``sac`` baseline (:class:`swfp.algorithms.rlpd.SACFromScratch`: CleanRL / SB3
+settings, uniform random actions inside the box ``[-1, 1]`` for the first ``learning_starts`` env steps)
+through :func:`swfp.runner.run`, so an expert run checkpoints every ``checkpoint_every`` env steps and on
+SIGTERM, continues with ``--resume``, and logs, plots and records its metadata as every fine-tuning run
+does. What an expert adds to that baseline:
+
+* **Observation statistics of its own.** The ``sac`` baseline standardises observations with the
+  statistics of the demonstrations it was given; an expert has none, so it standardises with the running
+  mean and variance of every state it has visited, applied to each batch and each action as Brax's SAC
+  does (``normalize_observations``, ``brax/training/acme/running_statistics.py``). The experts shipped
+  before issue 37 saw raw observations.
+* **Snapshots** of the actor at every evaluation (``RunConfig.snapshots``: ``snapshots/<env step>/actor.*``,
+  the weights and the statistics of that moment, 0.3–0.4 MB), from which :mod:`swfp.expert_choice` picks
+  the expert and the "medium" policy that ship, after the run.
+* **The whole replay, in order.** The ring holds the whole budget (``replay_capacity`` ≥ env steps), so
+  the final ``checkpoint.pt`` keeps every transition the run collected: D4RL's medium-replay is its
+  prefix up to the medium snapshot (:func:`swfp.demos.medium_replay`).
+
+A finished expert directory holds, beside the run's files, ``expert.json`` (the choice and its numbers)
+and the two chosen actors ``expert/`` and ``medium/`` (:class:`~swfp.algorithms.network_policy.NetworkPolicy`'s
+format, so ``swfp eval DIR/expert`` and ``swfp.load`` read them).
 """
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from swfp.algorithms.sac import SAC, GaussianActor, SACConfig
+from swfp.algorithms import ACTORS
+from swfp.algorithms.network_policy import NetworkPolicy
+from swfp.algorithms.rlpd import SACFromScratch, SACFromScratchConfig
 from swfp.buffer import ReplayBuffer
-from swfp.envs import env_dims, make_vector_env, step_vector_env
-from swfp.evaluate import evaluate
-from swfp.logger import MetricLogger, make_progress, plot_learning_curve
-from swfp.runio import (CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json,
-                        save_tensors, write_run_metadata)
+from swfp.data import action_bounds
+from swfp.envs import env_dims
+from swfp.expert_choice import ChoiceConfig, choose
+from swfp.logger import plot_learning_curve
+from swfp.policy import EnvPolicy
+from swfp.runio import CheckpointError, read_json
+from swfp.runner import CHECKPOINT, RunConfig, run
 
-MEDIUM_FRACTION = 0.4
 QUALITIES = ("expert", "medium")
+MIN_OBS_STD = 1e-3  # the floor Dataset.observation_stats puts under a constant dimension's std
+EVAL_EVERY, EVAL_EPISODES = 20_000, 10
 
 
 @dataclass
-class ExpertConfig:
-    task: str
-    env_steps: int = 300_000
-    seed: int = 0
-    learning_starts: int = 5_000
-    eval_every: int = 10_000
-    eval_episodes: int = 5
-    sac: SACConfig = field(default_factory=SACConfig)
+class ExpertConfig(SACFromScratchConfig):
+    """The ``sac`` baseline's settings (``replay_capacity`` must hold the whole budget) and how the shipped
+    policies are chosen after the run."""
+
+    choice: ChoiceConfig = field(default_factory=ChoiceConfig)
 
     def __post_init__(self):
-        if isinstance(self.sac, dict):
-            self.sac = SACConfig(**self.sac)
-        if self.env_steps < 1 or self.eval_every < 1 or self.eval_episodes < 1 or self.learning_starts < 0:
-            raise ValueError("env_steps, eval_every and eval_episodes must be >= 1, learning_starts >= 0")
+        super().__post_init__()
+        if isinstance(self.choice, dict):
+            self.choice = ChoiceConfig(**self.choice)
 
 
-def train_expert(config: ExpertConfig, out: Path) -> dict:
-    """Train SAC on ``config.task`` for ``config.env_steps`` steps; write the expert directory."""
+class RunningMoments:
+    """Mean and variance of a stream of vectors, batch by batch, in float64 (Chan, Golub and LeVeque's
+    pairwise update: exact, and stable over millions of states)."""
+
+    def __init__(self, dim: int):
+        self.count, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)  # m2: sum of squared deviations
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float64).reshape(-1, self.mean.shape[0])
+        n, batch_mean = len(x), x.mean(0)
+        delta, total = batch_mean - self.mean, self.count + len(x)
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + ((x - batch_mean) ** 2).sum(0) + delta ** 2 * self.count * n / total
+        self.count = total
+
+    def std(self) -> np.ndarray:
+        return np.maximum(np.sqrt(self.m2 / max(self.count, 1)), MIN_OBS_STD)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": torch.from_numpy(self.mean), "m2": torch.from_numpy(self.m2)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = int(state["count"]), state["mean"].numpy(), state["m2"].numpy()
+
+
+class Expert(SACFromScratch):
+    """The ``sac`` baseline on its own running observation statistics (see the module docstring)."""
+
+    name = "expert"
+    description = "Gaussian SAC from scratch on running observation statistics (swfp expert)"
+    config_class = ExpertConfig
+
+    def __init__(self, task: str, config: ExpertConfig | None = None, total_env_steps: int = 1_000_000):
+        obs_dim, act_dim = env_dims(task)
+        low, high = action_bounds(task)
+        frame = EnvPolicy(task, np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32), low, high)
+        config = config or ExpertConfig()
+        if config.replay_capacity < total_env_steps:
+            raise ValueError(f"replay_capacity {config.replay_capacity} < {total_env_steps} env steps: the replay "
+                             "would overwrite its first transitions, which medium-replay needs; set "
+                             f"replay_capacity={total_env_steps}")
+        if config.learning_starts >= total_env_steps:
+            raise ValueError(f"learning_starts {config.learning_starts} >= {total_env_steps} env steps: the run would "
+                             "only act at random; lower it (--set learning_starts=N) or raise --env-steps")
+        super().__init__(frame, None, config, total_env_steps)
+        self.moments = RunningMoments(obs_dim)
+
+    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None) -> None:
+        """Store the transitions, and standardise from now on with the statistics of every state visited."""
+        super().observe(obs, actions, rewards, next_obs, terminals, truncations)
+        self.moments.update(obs)
+        self._use_statistics()
+
+    def _use_statistics(self) -> None:
+        """The batches (``sample_batch`` reads the frame's) and the acting policy use the current statistics."""
+        mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in (self.moments.mean, self.moments.std()))
+        for policy in (self._policy, self.acting):
+            policy.obs_mean, policy.obs_std = mean, std
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "moments": self.moments.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.moments.load_state_dict(state["moments"])
+        self._use_statistics()
+
+
+def expert_run_config(task: str, env_steps: int, seed: int = 0, eval_every: int = EVAL_EVERY,
+                      eval_episodes: int = EVAL_EPISODES, checkpoint_every: int | None = None) -> RunConfig:
+    """The runner's settings of an expert run: one environment (the replay stays in collection order, as
+    medium-replay needs) and a snapshot at every evaluation."""
+    return RunConfig(task=task, total_env_steps=env_steps, seed=seed, eval_every=min(eval_every, env_steps),
+                     eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, snapshots=True)
+
+
+def train_expert(config: ExpertConfig, run_config: RunConfig, out: Path, resume: bool = False) -> dict:
+    """Train (or with ``resume`` continue) the expert run ``out``, then choose the policies it ships and plot
+    its learning curve with them; returns the choice (also ``out/expert.json``)."""
     out = Path(out)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    obs_dim, act_dim = env_dims(config.task)
-    agent = SAC(obs_dim, act_dim, config.sac)
-    buffer = ReplayBuffer(obs_dim, act_dim, capacity=config.env_steps)
-    venv = make_vector_env(config.task, num_envs=1, seed=config.seed)
-    write_run_metadata(out, config, config.seed, kind="expert")
-    logger = MetricLogger(out)
-    obs, _ = venv.reset(seed=config.seed)
-    snapshots: list[dict] = []
-    episode_return, last_return = 0.0, float("nan")
-    start = time.time()
-    with make_progress() as progress:
-        bar = progress.add_task(f"SAC expert {config.task}", total=config.env_steps, status="")
-        for step in range(1, config.env_steps + 1):
-            if step <= config.learning_starts:
-                actions = venv.action_space.sample()
-            else:
-                actions = agent.actor.act(obs, deterministic=False)
-            next_obs, reward, terminated, truncated, real_next, _ = step_vector_env(venv, actions)
-            buffer.add(obs, actions, reward, real_next, terminated)
-            obs = next_obs
-            episode_return += float(reward[0])
-            if terminated[0] or truncated[0]:
-                last_return, episode_return = episode_return, 0.0
-            if step > config.learning_starts:
-                metrics = agent.update(buffer.sample(config.sac.batch_size, rng))
-                if step % 1000 == 0:
-                    logger.log("train", step, {**metrics, "episode_return": last_return})
-            if step % config.eval_every == 0 or step == config.env_steps:
-                result = evaluate(lambda o: agent.actor.act(o, deterministic=True), config.task,
-                                  config.eval_episodes, seed=10_000 + step)
-                mean = float(result.returns.mean())
-                snapshots.append({"step": step, "return_mean": mean,
-                                  "actor": copy.deepcopy(agent.actor.state_dict())})
-                logger.log("eval", step, {"return_mean": mean, "return_std": float(result.returns.std()),
-                                          "steps_per_second": step / (time.time() - start)})
-                progress.update(bar, status=f"eval return {mean:8.1f}")
-            progress.advance(bar)
-    logger.close()
-    venv.close()
-    medium = select_medium(snapshots)
-    final = snapshots[-1]
-    save_tensors(out / "expert.safetensors", final["actor"])
-    save_tensors(out / "medium.safetensors", medium["actor"])
-    info = {
-        "task": config.task, "obs_dim": obs_dim, "act_dim": act_dim, "hidden_dims": list(config.sac.hidden_dims),
-        "seed": config.seed, "env_steps": config.env_steps,
-        "expert": {"step": final["step"], "eval_return": final["return_mean"]},
-        "medium": {"step": medium["step"], "eval_return": medium["return_mean"]},
-        "history": [{"step": s["step"], "return_mean": s["return_mean"]} for s in snapshots],
-        "train_seconds": round(time.time() - start, 1),
-    }
-    atomic_write_json(out / "expert.json", info)
-    plot_learning_curve(out, [("eval", "return_mean")], f"SAC expert on {config.task}")
-    return info
+    if not run_config.snapshots or run_config.num_envs != 1:
+        raise ValueError("an expert run needs snapshots and a single environment; build its RunConfig with "
+                         "expert_run_config")
+    torch.manual_seed(run_config.seed)  # the initial weights; on resume the checkpoint replaces them
+    learner = Expert(run_config.task, config, run_config.total_env_steps)
+    if not resume:  # on resume, the checkpoint restores the generator
+        learner.rng = np.random.default_rng(run_config.seed)
+    run(learner, run_config, out, resume, {"algorithm": Expert.name, "run": run_config, "config": config},
+        kind="expert", resume_command=f"swfp expert --out {out} --resume")
+    choice = choose(out, config.choice)
+    plot_learning_curve(out, [("eval", "return_mean"), ("eval", "det_return_mean")],
+                        f"SAC expert on {run_config.task}",
+                        {f"expert (step {choice['expert']['step']})": choice["expert"]["evaluation"]["return_mean"],
+                         f"medium (step {choice['medium']['step']})": choice["medium"]["evaluation"]["return_mean"]})
+    return choice
 
 
-def select_medium(snapshots: list[dict]) -> dict:
-    """The snapshot whose return is closest to ``MEDIUM_FRACTION`` × the final return, preferring
-    those inside D4RL's medium band [1/3, 1/2] of it (before the final snapshot)."""
-    final = snapshots[-1]["return_mean"]
-    candidates = snapshots[:-1] or snapshots
-    in_band = [s for s in candidates if final / 3 <= s["return_mean"] <= final / 2]
-    pool = in_band or candidates
-    return min(pool, key=lambda s: abs(s["return_mean"] - MEDIUM_FRACTION * final))
-
-
-def load_expert(expert_dir: Path, quality: str) -> tuple[GaussianActor, dict]:
-    """The actor of ``quality`` ("expert" or "medium") and the directory's ``expert.json``."""
+def load_expert(expert_dir: Path, quality: str) -> tuple[NetworkPolicy, dict]:
+    """The policy of ``quality`` ("expert" or "medium") and the directory's ``expert.json``."""
     if quality not in QUALITIES:
         raise ValueError(f"unknown quality {quality!r}; choose one of {QUALITIES}")
     expert_dir = Path(expert_dir)
-    info = read_json(expert_dir / "expert.json")
-    try:
-        actor = GaussianActor(info["obs_dim"], info["act_dim"], tuple(info["hidden_dims"]))
-    except KeyError as exc:
-        raise CheckpointError(f"{expert_dir / 'expert.json'} lacks {exc}; it is not an expert directory") from exc
-    path = expert_dir / f"{quality}.safetensors"
-    load_state_strict(actor, load_tensors(path), path)
-    return actor.eval(), info
+    return NetworkPolicy.load(expert_dir / quality, ACTORS), read_json(expert_dir / "expert.json")
 
+
+def recorded_replay(run_dir: Path) -> ReplayBuffer:
+    """Every transition the expert run ``run_dir`` collected, in order, from its final ``checkpoint.pt``."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: medium-replay is the replay of the expert's training run, kept in "
+                              "its checkpoint; pass --expert with the directory `swfp expert` wrote (the shipped "
+                              "experts do not include it)")
+    try:
+        online = torch.load(path, weights_only=True, mmap=True)["learner"]["online"]
+    except Exception as exc:  # noqa: BLE001 — any unpickling failure means a corrupt or foreign file
+        raise CheckpointError(f"{path} is corrupt or not the checkpoint of an expert run ({exc!r})") from exc
+    replay = ReplayBuffer(online["observations"].shape[1], online["actions"].shape[1], len(online["rewards"]))
+    replay.load_state_dict({k: v.numpy() for k, v in online.items()})
+    return replay

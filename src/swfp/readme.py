@@ -44,6 +44,8 @@ TITLES = {"swfp-300k-coupled-compaction":
           "swfp-hopper-tau0.3-200k": "SWFP at τ = 0.3 on Hopper-v5, 3 seeds, 200k env steps (grid report)",
           "small": "Fine-tuning grid, `small` preset", "compute": "Update and inference cost against K and blocks",
           "loop": "Where an environment step's time goes", "bc": "Flow BC against its dataset",
+          "bc-lr1e-3": "Flow BC at the pre-training defaults of issue 37 (lr 1e-3, EMA warm-up), on the `small` "
+                       "grid's medium data",
           "critic": "Critic update with and without the exact entropy term", "envs": "Vector-env stepping"}
 
 
@@ -143,14 +145,20 @@ def results_block(results: Path, link_root: Path) -> str:
     return "\n\n".join([BEGIN, *sections, END])
 
 
-def update_readme(readme: Path, results: Path) -> str:
-    """Replace the block between the markers of ``readme`` with one generated from ``results``; returns it."""
+def replace_block(readme: Path, begin: str, end: str, block: str) -> None:
+    """Replace the text of ``readme`` from the marker ``begin`` to the marker ``end`` by ``block`` (which starts
+    and ends with them); the text around it is untouched."""
     readme = Path(readme)
     text = readme.read_text()
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"{readme} needs exactly one results block: a line {BEGIN!r}, then a line {END!r}; "
-                         "add both where the results belong")
-    block = results_block(Path(results).resolve(), readme.resolve().parent)
-    head, rest = text.split(BEGIN)
-    atomic_write_text(readme, head + block + rest.split(END, 1)[1])
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{readme} needs exactly one generated block: a line {begin!r}, then a line {end!r}; "
+                         "add both where the block belongs")
+    head, rest = text.split(begin)
+    atomic_write_text(readme, head + block + rest.split(end, 1)[1])
+
+
+def update_readme(readme: Path, results: Path) -> str:
+    """Replace the block between the markers of ``readme`` with one generated from ``results``; returns it."""
+    block = results_block(Path(results).resolve(), Path(readme).resolve().parent)
+    replace_block(readme, BEGIN, END, block)
     return block
