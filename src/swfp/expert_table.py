@@ -67,5 +67,5 @@ def experts_table(experts: Path) -> str:
 def update_experts_table(readme: Path, experts: Path) -> str:
     """Regenerate the experts block of ``readme`` from ``experts``; returns it."""
     block = experts_table(experts)
-    replace_block(readme, BEGIN, END, block)
+    replace_block(readme, "experts", BEGIN, END, block)
     return block

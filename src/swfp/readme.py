@@ -145,14 +145,14 @@ def results_block(results: Path, link_root: Path) -> str:
     return "\n\n".join([BEGIN, *sections, END])
 
 
-def replace_block(readme: Path, begin: str, end: str, block: str) -> None:
+def replace_block(readme: Path, name: str, begin: str, end: str, block: str) -> None:
     """Replace the text of ``readme`` from the marker ``begin`` to the marker ``end`` by ``block`` (which starts
-    and ends with them); the text around it is untouched."""
+    and ends with them; ``name`` says which block in errors); the text around it is untouched."""
     readme = Path(readme)
     text = readme.read_text()
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-        raise ValueError(f"{readme} needs exactly one generated block: a line {begin!r}, then a line {end!r}; "
-                         "add both where the block belongs")
+        raise ValueError(f"{readme} needs exactly one {name} block: a line {begin!r}, then a line {end!r}; "
+                         f"add both where the {name} belong")
     head, rest = text.split(begin)
     atomic_write_text(readme, head + block + rest.split(end, 1)[1])
 
@@ -160,5 +160,5 @@ def replace_block(readme: Path, begin: str, end: str, block: str) -> None:
 def update_readme(readme: Path, results: Path) -> str:
     """Replace the block between the markers of ``readme`` with one generated from ``results``; returns it."""
     block = results_block(Path(results).resolve(), Path(readme).resolve().parent)
-    replace_block(readme, BEGIN, END, block)
+    replace_block(readme, "results", BEGIN, END, block)
     return block
