@@ -37,7 +37,8 @@ FAST = {
     "swfp": {"critic_warmup_steps": "200", "block_grad_steps": "100", "block_lr": "0.001", "blocks_per_run": "4",
              "max_blocks": "8"},
 }
-ENV_STEPS = {"reinflow": 2400}  # on-policy: a dozen PPO iterations of 200 bandit steps
+ENV_STEPS = {"reinflow": 2400,  # on-policy: a dozen PPO iterations of 200 bandit steps
+             "dsrl": 1200}  # its noise actor starts at σ = 1 and must first narrow onto the best noise
 
 
 def bc_det_return(bandit_bc) -> float:
@@ -56,12 +57,12 @@ def test_every_method_is_listed_with_a_description():
 
 @pytest.mark.parametrize("algo", ["bptt", "dipo", "dsrl", "fql", "sac", "rlpd", "reinflow"])
 def test_method_improves_the_bandit(bandit_bc, algo):
-    """From the same misplaced BC flow (deterministic return ≈ −0.17, optimum 0) — SAC/RLPD from a random
-    Gaussian actor instead — a short run must bring the deterministic policy close to the optimum,
-    clearly above both its own start and the BC flow (FQL's offline warm-up can already reach it).
-    (The stochastic return is no common yardstick here: the max-entropy methods keep their noise at
-    their target entropy, which on this bandit costs return by design.) Measured: −0.03 (bptt) to
-    −0.005 (dsrl)."""
+    """From the same misplaced BC flow (deterministic return ≈ −0.5, the demonstrator's; optimum 0) — SAC/RLPD
+    from a random Gaussian actor instead — a short run must bring the deterministic policy close to the
+    optimum, clearly above both its own start and the BC flow (FQL's offline warm-up can already reach
+    it); DSRL, which cannot leave the flow's support, must clearly improve on its start. (The stochastic
+    return is no common yardstick here: the max-entropy methods keep their noise at their target entropy,
+    which on this bandit costs return by design.)"""
     learner = get_algorithm(algo).from_pretrained(bandit_bc / "bc", config=make_config(algo, FAST.get(algo)))
     out = bandit_bc / algo
     summary = learner.learn(total_env_steps=ENV_STEPS.get(algo, 300), out=out, num_envs=4, eval_every=200,
@@ -69,7 +70,13 @@ def test_method_improves_the_bandit(bandit_bc, algo):
     history = read_csv(out / "eval.csv")
     assert [int(r["step"]) for r in history][0] == 0 and summary["env_steps"] == ENV_STEPS.get(algo, 300)
     start = min(summary["det_return_before"], bc_det_return(bandit_bc))  # FQL's offline warm-up may already help
-    assert summary["det_return_after"] > max(-0.06, start + 0.1), history
+    if algo == "dsrl":
+        # DSRL steers the frozen flow's input noise (|w| <= 1.5): it can only reach actions inside the BC
+        # flow's support, and a faithful clone of the misplaced demonstrator (noise 0.1, offset 0.5) puts the
+        # optimum outside it (the best reachable deterministic return is about -0.17). It must improve on its start.
+        assert summary["det_return_after"] > start + 0.1, history
+    else:
+        assert summary["det_return_after"] > max(-0.06, start + 0.1), history
     assert json.loads((out / "config.json").read_text())["algorithm"] == algo
     assert (out / "summary.json").is_file() and (out / "learning_curve.png").is_file()
 
