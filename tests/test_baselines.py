@@ -29,7 +29,7 @@ from test_swfp import kill_after_first_checkpoint
 FAST = {
     "bptt": {"batch_size": "64", "critic_warmup_steps": "200"},
     "dipo": {"batch_size": "64", "critic_warmup_steps": "200", "action_steps": "5"},
-    "dsrl": {"batch_size": "64", "critic_warmup_steps": "200"},
+    "dsrl": {"batch_size": "64", "critic_warmup_steps": "200", "init_alpha": "0.1"},  # α for the bandit's |Q| ≈ 1
     "fql": {"batch_size": "64", "critic_warmup_steps": "200", "distill_weight": "1"},  # α for the bandit's |Q| ≈ 1
     "sac": {"batch_size": "64", "learning_starts": "100"},
     "rlpd": {"batch_size": "64", "learning_starts": "100"},
@@ -38,7 +38,7 @@ FAST = {
              "max_blocks": "8"},
 }
 ENV_STEPS = {"reinflow": 2400,  # on-policy: a dozen PPO iterations of 200 bandit steps
-             "dsrl": 1200}  # its noise actor starts at σ = 1 and must first narrow onto the best noise
+             "dsrl": 600}  # its noise actor starts at σ = 1 and must first narrow onto the best noise
 
 
 def bc_det_return(bandit_bc) -> float:
@@ -73,8 +73,9 @@ def test_method_improves_the_bandit(bandit_bc, algo):
     if algo == "dsrl":
         # DSRL steers the frozen flow's input noise (|w| <= 1.5): it can only reach actions inside the BC
         # flow's support, and a faithful clone of the misplaced demonstrator (noise 0.1, offset 0.5) puts the
-        # optimum outside it (the best reachable deterministic return is about -0.17). It must improve on its start.
-        assert summary["det_return_after"] > start + 0.1, history
+        # optimum outside it (the best reachable deterministic return is about -0.17). It must come close to
+        # that from its start (~ -0.5); at DSRL's default α = 1, ten times the bandit's |Q|, it stays near -0.42.
+        assert summary["det_return_after"] > max(-0.25, start + 0.2), history
     else:
         assert summary["det_return_after"] > max(-0.06, start + 0.1), history
     assert json.loads((out / "config.json").read_text())["algorithm"] == algo
