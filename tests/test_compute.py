@@ -81,8 +81,8 @@ def test_bench_loop_refuses_on_policy_methods_and_short_budgets(bandit_bc):
     assert main(["bench", "loop", str(bandit_bc / "bc"), "--algo", "bc"]) == 2
 
 
-def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
-    from swfp.readme import BEGIN, END, update_readme
+def test_bench_readme_regenerates_the_experiment_log_from_result_files(tmp_path):
+    from swfp.readme import BEGIN, END, update_log
 
     results = tmp_path / "benchmarks" / "results"
     bench_compute(ComputeConfig(task=BANDIT, euler_steps=(2,), block_counts=(0,), inference_batches=(1,),
@@ -99,26 +99,50 @@ def test_bench_readme_regenerates_the_results_block_from_result_files(tmp_path):
         (results / "group" / member).mkdir(parents=True)
         (results / "group" / member / "meta.json").write_text(json.dumps({"command": ["swfp", "bench", member]}))
         (results / "group" / member / "m.md").write_text(f"figure of {member}\n")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# Project\n\nintro\n\n{BEGIN}\nstale figures\n{END}\n\n## After\n")
-    update_readme(readme, results)
-    text = readme.read_text()
+    page = tmp_path / "docs" / "experiment-log.md"
+    page.parent.mkdir()
+    page.write_text(f"# Experiment log\n\nintro\n\n{BEGIN}\nstale figures\n{END}\n\n## After\n")
+    update_log(page, results, "results")
+    text = page.read_text()
     assert ("Made by `swfp bench grid --seeds 0` (commit `aaaaaaaaaaaa`, 2026-11-25), then "
-            "`swfp bench grid --seeds 1` (commit `bbbbbbbbbbbb`)") in text and "| swfp | 1.0 |" in text
-    assert "stale figures" not in text and text.startswith("# Project\n\nintro") and text.endswith("## After\n")
+            "`swfp bench grid --seeds 1` (commit `bbbbbbbbbbbb`); files in [results/grid/](results/grid/report.md)"
+            ) in text and "| swfp | 1.0 |" in text
+    assert "stale figures" not in text and text.startswith("# Experiment log\n\nintro") and text.endswith("## After\n")
     table = (results / "compute" / "compute.md").read_text().strip()
     assert table in text  # the measured table itself, not a paraphrase
     assert "(commit `" in text and "swfp " in text  # the command and commit that made it
-    assert "![compute_updates](benchmarks/results/compute/compute_updates.png)" in text
-    assert "### A curated sweep\n" in text and "Tau 0.03 won." in text and "\n#### Curves\n" in text
-    assert "![curve](benchmarks/results/sweep/run/curve.png) and [paper](https://arxiv.org)" in text
-    assert "### group\n\n#### Hopper-seed0\n\nMade by `swfp bench Hopper-seed0`" in text
-    assert text.index("figure of Hopper-seed0") < text.index("#### Hopper-seed1") < text.index("figure of Hopper-seed1")
-    update_readme(readme, results)
-    assert readme.read_text() == text  # idempotent
-    readme.write_text("# no markers\n")
+    assert "![compute_updates](results/compute/compute_updates.png)" in text  # as the site reaches the results
+    assert "## A curated sweep\n" in text and "Tau 0.03 won." in text and "\n### Curves\n" in text
+    assert "![curve](results/sweep/run/curve.png) and [paper](https://arxiv.org)" in text
+    assert "## group\n\n### Hopper-seed0\n\nMade by `swfp bench Hopper-seed0`" in text
+    assert "[results/group/Hopper-seed1/](results/group/Hopper-seed1/m.md)" in text
+    assert text.index("figure of Hopper-seed0") < text.index("### Hopper-seed1") < text.index("figure of Hopper-seed1")
+    update_log(page, results, "results")
+    assert page.read_text() == text  # idempotent
+    page.write_text("# no markers\n")
     with pytest.raises(ValueError, match="results block"):
-        update_readme(readme, results)
+        update_log(page, results, "results")
+
+
+def test_bench_readme_puts_the_headline_grids_summary_table_in_the_readme(tmp_path):
+    from swfp.readme import HEADLINE_BEGIN, HEADLINE_END, update_headline
+
+    results = tmp_path / "benchmarks" / "results"
+    (results / "grid").mkdir(parents=True)
+    (results / "grid" / "grid.json").write_text(json.dumps({"command": ["swfp", "bench", "grid"], "git_commit": "c" * 40}))
+    (results / "grid" / "report.md").write_text("Results from grid (IQM)\n\n| method | IQM |\n| --- | ---: |\n"
+                                                "| swfp | 2.0 |\n\nEvery trial\n\n| trial |\n| --- |\n| seed0 |\n")
+    (results / "grid" / "final_iqm.png").write_bytes(b"png")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\n{HEADLINE_BEGIN}\nold\n{HEADLINE_END}\n\nmore\n")
+    update_headline(readme, results, "grid")
+    text = readme.read_text()
+    assert "Results from grid (IQM)\n\n| method | IQM |\n| --- | ---: |\n| swfp | 2.0 |" in text
+    assert "Every trial" not in text and "| seed0 |" not in text and "old" not in text  # the summary only
+    assert "Made by `swfp bench grid` (commit `cccccccccccc`); files in `benchmarks/results/grid/`." in text
+    assert "![final_iqm](benchmarks/results/grid/final_iqm.png)" in text and text.endswith("\nmore\n")
+    with pytest.raises(ValueError, match="swfp bench report"):
+        update_headline(readme, results, "no-such-grid")
 
 
 def test_readme_names_a_grid_resumed_session_after_session_once(tmp_path):

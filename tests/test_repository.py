@@ -70,3 +70,16 @@ def test_the_rule_catches_a_staged_checkpoint_and_a_heavy_benchmark_file(tmp_pat
     assert len(offenders) == 2
     assert offenders[0].startswith("benchmarks/results/grid/trace.npy: 2.1 MB")
     assert offenders[1].startswith("runs/seed0/checkpoint_5000.pt: a checkpoint")
+
+
+def test_readme_is_a_short_front_door_whose_links_resolve():
+    """README.md stays the front door (issue 40): at most 250 lines, and every relative link it makes (to
+    the documentation's pages, to result plots) names a file that exists, so moving a page breaks this test."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250, "README.md is over 250 lines: move long material into docs/"
+    targets = [t for t in re.findall(r"\]\(([^)#\s]+)", readme) if not t.startswith(("http:", "https:"))]
+    assert targets, "README.md links to no page of the documentation"
+    missing = [t for t in targets if not (REPO / t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"

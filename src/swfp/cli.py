@@ -661,30 +661,39 @@ def cmd_bench_loop(args) -> int:
 
 def bench_readme_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--log", default="docs/experiment-log.md", help="the experiment log's page (default %(default)s)")
+    p.add_argument("--log-links", default="results",
+                   help="how the log's page reaches --results (default %(default)s: docs/results links to "
+                        "../benchmarks/results, so the site serves the tables and plots)")
     p.add_argument("--readme", default="README.md")
+    p.add_argument("--headline", default="swfp-v2",
+                   help="the grid under --results whose report is the README's headline table (default %(default)s)")
 
 
-@command("bench readme", "regenerate README.md's results block from benchmarks/results", bench_readme_arguments)
+@command("bench readme", "regenerate the experiment log (docs) and README.md's headline table from benchmarks/results",
+         bench_readme_arguments)
 def cmd_bench_readme(args) -> int:
-    from swfp.readme import update_readme
+    from swfp.readme import update_headline, update_log
 
-    update_readme(Path(args.readme), Path(args.results))
-    print(f"{args.readme}: results block regenerated from {args.results}")
+    update_log(Path(args.log), Path(args.results), args.log_links)
+    update_headline(Path(args.readme), Path(args.results), args.headline)
+    print(f"{args.log}: experiment log regenerated from {args.results}; "
+          f"{args.readme}: headline table from {Path(args.results) / args.headline}")
     return 0
 
 
 def bench_experts_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", default=None, help="one expert directory per task (default: the shipped experts)")
-    p.add_argument("--readme", default="README.md")
+    p.add_argument("--page", default="docs/datasets.md", help="the page holding the experts table (default %(default)s)")
 
 
-@command("bench experts", "regenerate README.md's table of the shipped experts (returns and D4RL scores)",
+@command("bench experts", "regenerate the documentation's table of the shipped experts (returns and D4RL scores)",
          bench_experts_arguments)
 def cmd_bench_experts(args) -> int:
     from swfp.assets import ASSETS
     from swfp.expert_table import update_experts_table
 
-    print(update_experts_table(Path(args.readme), Path(args.experts) if args.experts else ASSETS / "experts"))
+    print(update_experts_table(Path(args.page), Path(args.experts) if args.experts else ASSETS / "experts"))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``swfp bench experts``: the README's table of the shipped experts, with D4RL-normalised scores.
+"""``swfp bench experts``: the documentation's table of the shipped experts (``docs/datasets.md``), with D4RL-normalised scores.
 
 For each shipped expert chosen by :mod:`swfp.expert_choice` (its ``expert.json`` records the re-evaluated
 candidates), the expert's and the medium policy's stochastic returns on fresh episodes, each beside its
@@ -46,9 +46,9 @@ def experts_table(experts: Path) -> str:
               if "selection" in info.get("expert", {})]
     if not chosen:
         lines = ["No shipped expert has been chosen by `swfp expert`'s rule yet (the best of its re-evaluated "
-                 "snapshots, and a medium one at a third of its return): the four trainings are prepared under "
-                 "\"Reproduce\", and this table fills in when `swfp bench experts` runs on their experts. The "
-                 "experts shipped now are the ones of the table in \"Results\"."]
+                 "snapshots, and a medium one at a third of its return): the four trainings are prepared in "
+                 "\"Benchmarks\", and this table fills in when `swfp bench experts` runs on their experts. The "
+                 "experts shipped now are the ones of the table at the top of the experiment log."]
     else:
         episodes = chosen[0]["expert"]["evaluation"]["episodes"]
         lines = [f"Stochastic returns, mean ± std over {episodes} fresh episodes (`expert.json`), each beside its "
@@ -64,8 +64,8 @@ def experts_table(experts: Path) -> str:
     return "\n".join([BEGIN, *lines, END])
 
 
-def update_experts_table(readme: Path, experts: Path) -> str:
-    """Regenerate the experts block of ``readme`` from ``experts``; returns it."""
+def update_experts_table(page: Path, experts: Path) -> str:
+    """Regenerate the experts block of ``page`` from ``experts``; returns it."""
     block = experts_table(experts)
-    replace_block(readme, "experts", BEGIN, END, block)
+    replace_block(page, "experts", BEGIN, END, block)
     return block
