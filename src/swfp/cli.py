@@ -120,9 +120,13 @@ def cmd_expert(args) -> int:
 
 def demos_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True)
-    p.add_argument("--quality", choices=["expert", "medium", "medium-replay"], default="medium",
-                   help="medium-replay: the expert run's replay up to its medium snapshot, as D4RL's")
+    p.add_argument("--quality", choices=["expert", "medium", "medium-replay", "play", "task"], default=None,
+                   help="medium-replay: the expert run's replay up to its medium snapshot, as D4RL's; play and "
+                        "task: OGBench's oracle on a cube task, task-agnostic or solving the task (default: "
+                        "medium, or task on a cube task)")
     p.add_argument("--episodes", type=_positive(int), default=None, help="episodes to roll out (default 100)")
+    p.add_argument("--episode-steps", type=_positive(int), default=None,
+                   help="length of a play episode on a cube task (default OGBench's 1001)")
     p.add_argument("--seed", type=_nonnegative_int, default=None, help="episode i is reset with seed + i (default 0)")
     p.add_argument("--expert", default=None,
                    help="expert directory (default: the one shipped for the task; medium-replay needs the run "
@@ -130,14 +134,26 @@ def demos_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset file to write (.npz)")
 
 
-@command("demos", "roll out an expert, or read its replay, to make a D4RL-style dataset (.npz)", demos_arguments)
+@command("demos", "make a dataset (.npz): an expert's rollouts or replay (D4RL-style), or OGBench's oracle on a "
+         "cube task", demos_arguments)
 def cmd_demos(args) -> int:
     from swfp.demos import generate_demos, medium_replay
     from swfp.assets import shipped_expert_dir
     from swfp.envs import task_spec
 
+    from swfp.manipulation import KINDS, is_oracle_task, oracle_demonstrations
+
     task_spec(args.task)  # a misspelt id is reported as an unknown task, not as a missing expert for it
-    if args.quality == "medium-replay":
+    args.quality = args.quality or ("task" if is_oracle_task(args.task) else "medium")
+    if (args.quality in KINDS) != is_oracle_task(args.task):
+        raise ValueError(f"--quality {args.quality} does not apply to {args.task}: cube tasks take play or task "
+                         "(OGBench's oracle), other tasks expert, medium or medium-replay (an expert's policy)")
+    if args.episode_steps is not None and args.quality != "play":
+        raise ValueError("--episode-steps sets the length of play episodes on a cube task; drop it")
+    if args.quality in KINDS:
+        dataset = oracle_demonstrations(args.task, args.quality, args.episodes or 100, args.seed or 0,
+                                        args.episode_steps)
+    elif args.quality == "medium-replay":
         if args.episodes is not None or args.seed is not None:
             raise ValueError("medium-replay is the expert run's recorded replay up to its medium snapshot; "
                              "--episodes and --seed do not apply to it")
@@ -153,8 +169,30 @@ def cmd_demos(args) -> int:
         dataset = generate_demos(args.task, expert_dir, args.quality, args.episodes or 100, args.seed or 0)
     path = dataset.save(Path(args.out))
     returns = dataset.episode_returns()
+    success = (f", oracle success {dataset.metadata['success_rate']:.0%} of {dataset.metadata['episodes']} "
+               "episodes" if "success_rate" in dataset.metadata else "")
     print(f"{args.quality} demonstrations for {args.task}: {len(dataset)} transitions, {len(returns)} episodes, "
-          f"return {returns.mean():.1f} ± {returns.std():.1f} -> {path}")
+          f"return {returns.mean():.1f} ± {returns.std():.1f}{success} -> {path}")
+    return 0
+
+
+@command("tasks", "list the built-in tasks and their defaults", lambda p: None)
+def cmd_tasks(args) -> int:
+    """The tasks with tuned defaults; any other Gymnasium id with a Box action space works with generic ones."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from swfp.envs import BUILTIN_TASKS
+
+    table = Table(title="swfp --task ID (any other Gymnasium id gets generic defaults)")
+    for column in ("id", "Gymnasium id", "episode steps", "action chunk", "eval episodes", "needs the extra"):
+        table.add_column(column, no_wrap=True)
+    for spec in BUILTIN_TASKS.values():
+        needs = escape(f"[{spec.extra}]") if spec.extra else ""
+        table.add_row(spec.task_id, spec.gym_id or spec.task_id, str(spec.max_episode_steps), str(spec.action_chunk),
+                      str(spec.eval_episodes), needs)
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
     return 0
 
 
