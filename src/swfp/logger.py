@@ -61,9 +61,17 @@ class MetricLogger:
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
-    """Rows of a metrics CSV as floats (empty cells dropped)."""
+    """Rows of a metrics CSV as floats (empty cells dropped); a cell that is not a number (a benchmark's
+    ``device`` or ``phase``) stays a string."""
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+        return [{k: _cell(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+
+
+def _cell(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def plot_learning_curve(run_dir: Path, panels: list[tuple[str, str]], title: str,

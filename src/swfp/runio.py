@@ -3,7 +3,10 @@
 Every file is written to a temporary sibling and renamed into place (``os.replace`` is atomic on
 POSIX), so a killed process never leaves a half-written result. Weights are stored as
 safetensors: loading never unpickles arbitrary objects. Every run directory gets ``meta.json``
-with the package version, git commit, seed and command line, beside its resolved ``config.json``.
+with the package version, git commit, seed, command line, device and torch thread count, beside its
+resolved ``config.json``. The device and threads are provenance, not settings: they change how fast a
+run goes, not what it computes (up to floating-point order), and a resumed run may use others, so they
+are kept out of ``config.json`` (what ``--resume`` reads back) and each resumption adds its own.
 """
 
 from __future__ import annotations
@@ -163,7 +166,17 @@ def git_commit() -> str | None:
         return None
 
 
-def write_run_metadata(run_dir: Path, config: Any, seed: int, kind: str) -> None:
+def session_record(device: torch.device | None) -> dict:
+    """What one process ran with: its command, when, on which device (``None``: a job that computes
+    nothing with torch) and with how many torch threads."""
+    record = {"command": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "torch_threads": torch.get_num_threads()}
+    if device is not None:
+        record["device"] = str(device)
+    return record
+
+
+def write_run_metadata(run_dir: Path, config: Any, seed: int, kind: str, device: torch.device | None = None) -> None:
     """Write ``config.json`` (resolved config) and ``meta.json`` (provenance) into ``run_dir``."""
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / "config.json", config)
@@ -172,7 +185,14 @@ def write_run_metadata(run_dir: Path, config: Any, seed: int, kind: str) -> None
         "swfp_version": package_version(),
         "git_commit": git_commit(),
         "seed": seed,
-        "command": sys.argv,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **session_record(device),
         "torch_version": torch.__version__,
     })
+
+
+def record_resumption(run_dir: Path, env_step: int, device: torch.device) -> None:
+    """Add a resumed session (from ``env_step``) to ``meta.json``'s ``resumed`` list: its device may differ."""
+    path = Path(run_dir) / "meta.json"
+    meta = read_json(path)
+    meta.setdefault("resumed", []).append({"env_step": env_step, **session_record(device)})
+    atomic_write_json(path, meta)
