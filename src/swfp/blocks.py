@@ -301,11 +301,11 @@ def proximal_fraction(block: JKOBlock, obs_pool: torch.Tensor, action_pool: torc
     ``nan`` when the reference does not improve on the identity.
     """
     config = dataclasses.replace(block.config, tau=block.tau.item(), alpha=alpha, lr=lr, grad_steps=steps)
-    reference = JKOBlock(block.obs_dim, block.act_dim, config)
+    reference = JKOBlock(block.obs_dim, block.act_dim, config).to(obs_pool.device)
     train_block(reference, obs_pool, action_pool, q_fn, config, generator)
     losses = {}
-    for name, candidate in (("identity", JKOBlock(block.obs_dim, block.act_dim, config)), ("block", block),
-                            ("reference", reference)):
+    identity = JKOBlock(block.obs_dim, block.act_dim, config).to(obs.device)
+    for name, candidate in (("identity", identity), ("block", block), ("reference", reference)):
         with torch.no_grad():
             losses[name] = jko_loss(candidate, obs, actions, q_fn, alpha).item()
     reachable = losses["identity"] - losses["reference"]

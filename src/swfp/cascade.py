@@ -120,7 +120,7 @@ def refine(cascade: Cascade, train_states: torch.Tensor, heldout_states: torch.T
     (:func:`~swfp.blocks.train_block`), measure it on one fresh action per held-out state and append
     it if accepted. Returns the training and measurement metrics (``accepted`` among them). The new
     block's hidden layers are initialised from the global RNG, everything else from ``generator``."""
-    block = JKOBlock(cascade.obs_dim, cascade.act_dim, config)
+    block = JKOBlock(cascade.obs_dim, cascade.act_dim, config).to(train_states.device)
     metrics = train_block(block, *draw_pool(cascade, train_states, generator, config.pool_size), q_fn, config,
                           generator)
     return {**metrics, **accept_if_improves(cascade, block, *draw_pool(cascade, heldout_states, generator), q_fn,

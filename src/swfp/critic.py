@@ -53,7 +53,8 @@ class QEnsemble(nn.Module):
                 members: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         """``(E', B)`` values of the ``members`` (all by default), only those members' networks evaluated."""
         x = torch.cat([obs, actions.clamp(-1.0, 1.0)], dim=-1)
-        x = x.unsqueeze(0).expand(torch.empty(self.ensemble_size)[members].shape[0], *x.shape)
+        count = len(range(self.ensemble_size)[members]) if isinstance(members, slice) else len(members)
+        x = x.unsqueeze(0).expand(count, *x.shape)
         for layer in self.net:
             x = layer(x, members) if isinstance(layer, EnsembleLinear) else layer(x)
         return x.squeeze(-1)
@@ -88,11 +89,14 @@ class CriticConfig:
 
 
 class Critic:
-    """A Q-ensemble, its Polyak target and optimiser; :meth:`update` is one TD step."""
+    """A Q-ensemble, its Polyak target and optimiser on ``device``; :meth:`update` is one TD step on a batch
+    already there."""
 
-    def __init__(self, obs_dim: int, act_dim: int, config: CriticConfig):
+    def __init__(self, obs_dim: int, act_dim: int, config: CriticConfig, device: torch.device | str = "cpu"):
         self.config = config
-        self.q = QEnsemble(obs_dim, act_dim, config.hidden_dims, config.ensemble_size, config.layer_norm)
+        self.device = torch.device(device)
+        self.q = QEnsemble(obs_dim, act_dim, config.hidden_dims, config.ensemble_size,
+                           config.layer_norm).to(self.device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr)
 
@@ -102,7 +106,8 @@ class Critic:
         """``y = r + γ(1 − terminal)(min_i Q̄_i(s', a') − α·log π(a'|s'))`` (entropy term only if given)."""
         members = slice(None)
         if self.config.target_subset is not None:  # only the drawn members' networks are evaluated
-            members = torch.randperm(self.config.ensemble_size)[: self.config.target_subset].sort().values
+            drawn = torch.randperm(self.config.ensemble_size, device=self.device)
+            members = drawn[: self.config.target_subset].sort().values
         next_v = self.target(batch.next_observations, next_actions, members).min(0).values
         if next_log_prob is not None:
             next_v = next_v - alpha * next_log_prob

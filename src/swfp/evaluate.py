@@ -119,6 +119,7 @@ class ActingPolicy(Protocol):
     method's acting policy during a run."""
 
     action_chunk: int
+    device: torch.device
 
     def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
 
@@ -129,11 +130,12 @@ def evaluate_seeded(policy: ActingPolicy, task_id: str, episodes: int, seed: int
     with ``seed``, inside :func:`torch.random.fork_rng`: the caller's random streams (a run's training) are
     left as they were, and the same ``(episodes, seed)`` gives the same returns for the same weights.
 
-    Bit-for-bit equality also needs the same machine and torch thread count (``OMP_NUM_THREADS``): the
-    reductions inside a matrix product depend on them, and over a long episode a last-bit difference in
-    an action can grow into another trajectory.
+    Bit-for-bit equality also needs the same machine, device and torch thread count (``OMP_NUM_THREADS``):
+    the reductions inside a matrix product depend on them, and over a long episode a last-bit difference in
+    an action can grow into another trajectory. A policy on CUDA draws its noise from that device's generator,
+    which is forked (and seeded) too.
     """
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
         torch.manual_seed(seed)
         return evaluate(lambda o: policy.normalized_actions(o, deterministic=deterministic), task_id, episodes,
                         seed=seed, action_chunk=policy.action_chunk, video_dir=video_dir)

@@ -36,6 +36,7 @@ from swfp.algorithms.network_policy import NetworkPolicy
 from swfp.algorithms.rlpd import SACFromScratch, SACFromScratchConfig
 from swfp.buffer import ReplayBuffer
 from swfp.data import action_bounds
+from swfp.devices import resolve_device, to_device
 from swfp.envs import env_dims
 from swfp.expert_choice import ChoiceConfig, choose
 from swfp.logger import plot_learning_curve
@@ -93,10 +94,11 @@ class Expert(SACFromScratch):
     description = "Gaussian SAC from scratch on running observation statistics (swfp expert)"
     config_class = ExpertConfig
 
-    def __init__(self, task: str, config: ExpertConfig | None = None, total_env_steps: int = 1_000_000):
+    def __init__(self, task: str, config: ExpertConfig | None = None, total_env_steps: int = 1_000_000,
+                 device: torch.device | str = "cpu"):
         obs_dim, act_dim = env_dims(task)
         low, high = action_bounds(task)
-        frame = EnvPolicy(task, np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32), low, high)
+        frame = EnvPolicy(task, np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32), low, high, device=device)
         config = config or ExpertConfig()
         if config.replay_capacity < total_env_steps:
             raise ValueError(f"replay_capacity {config.replay_capacity} < {total_env_steps} env steps: the replay "
@@ -116,7 +118,7 @@ class Expert(SACFromScratch):
 
     def _use_statistics(self) -> None:
         """The batches (``sample_batch`` reads the frame's) and the acting policy use the current statistics."""
-        mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in (self.moments.mean, self.moments.std()))
+        mean, std = (to_device(v, self.device) for v in (self.moments.mean, self.moments.std()))
         for policy in (self._policy, self.acting):
             policy.obs_mean, policy.obs_std = mean, std
 
@@ -137,20 +139,22 @@ def expert_run_config(task: str, env_steps: int, seed: int = 0, eval_every: int 
                      eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, snapshots=True)
 
 
-def train_expert(config: ExpertConfig, run_config: RunConfig, out: Path, resume: bool = False) -> dict:
-    """Train (or with ``resume`` continue) the expert run ``out``, then choose the policies it ships and plot
-    its learning curve with them; returns the choice (also ``out/expert.json``)."""
+def train_expert(config: ExpertConfig, run_config: RunConfig, out: Path, resume: bool = False,
+                 device: torch.device | str = "auto") -> dict:
+    """Train (or with ``resume`` continue) the expert run ``out`` on ``device``, then choose the policies it ships
+    and plot its learning curve with them; returns the choice (also ``out/expert.json``)."""
+    device = resolve_device(device)
     out = Path(out)
     if not run_config.snapshots or run_config.num_envs != 1:
         raise ValueError("an expert run needs snapshots and a single environment; build its RunConfig with "
                          "expert_run_config")
     torch.manual_seed(run_config.seed)  # the initial weights; on resume the checkpoint replaces them
-    learner = Expert(run_config.task, config, run_config.total_env_steps)
+    learner = Expert(run_config.task, config, run_config.total_env_steps, device)
     if not resume:  # on resume, the checkpoint restores the generator
         learner.rng = np.random.default_rng(run_config.seed)
     run(learner, run_config, out, resume, {"algorithm": Expert.name, "run": run_config, "config": config},
         kind="expert", resume_command=f"swfp expert --out {out} --resume")
-    choice = choose(out, config.choice)
+    choice = choose(out, config.choice, device)
     plot_learning_curve(out, [("eval", "return_mean"), ("eval", "det_return_mean")],
                         f"SAC expert on {run_config.task}",
                         {f"expert (step {choice['expert']['step']})": choice["expert"]["evaluation"]["return_mean"],
@@ -159,11 +163,12 @@ def train_expert(config: ExpertConfig, run_config: RunConfig, out: Path, resume:
 
 
 def load_expert(expert_dir: Path, quality: str) -> tuple[NetworkPolicy, dict]:
-    """The policy of ``quality`` ("expert" or "medium") and the directory's ``expert.json``."""
+    """The policy of ``quality`` ("expert" or "medium") and the directory's ``expert.json``. On the CPU wherever
+    it runs: demonstrations made from it are then the same on every machine for the same seed."""
     if quality not in QUALITIES:
         raise ValueError(f"unknown quality {quality!r}; choose one of {QUALITIES}")
     expert_dir = Path(expert_dir)
-    return NetworkPolicy.load(expert_dir / quality, ACTORS), read_json(expert_dir / "expert.json")
+    return NetworkPolicy.load(expert_dir / quality, ACTORS, "cpu"), read_json(expert_dir / "expert.json")
 
 
 def recorded_replay(run_dir: Path) -> ReplayBuffer:
@@ -174,7 +179,7 @@ def recorded_replay(run_dir: Path) -> ReplayBuffer:
                               "its checkpoint; pass --expert with the directory `swfp expert` wrote (the shipped "
                               "experts do not include it)")
     try:
-        online = torch.load(path, weights_only=True, mmap=True)["learner"]["online"]
+        online = torch.load(path, weights_only=True, mmap=True, map_location="cpu")["learner"]["online"]
     except Exception as exc:  # noqa: BLE001 — any unpickling failure means a corrupt or foreign file
         raise CheckpointError(f"{path} is corrupt or not the checkpoint of an expert run ({exc!r})") from exc
     replay = ReplayBuffer(online["observations"].shape[1], online["actions"].shape[1], len(online["rewards"]))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from swfp.evaluate import evaluate_seeded
 from swfp.logger import read_csv
@@ -67,9 +68,10 @@ def shortlist_and_pick(train_returns: dict[int, float], evaluate: Callable[[int]
     return min(rows, key=lambda row: badness(row["return_mean"])), rows
 
 
-def choose(run_dir: Path, config: ChoiceConfig) -> dict:
-    """Choose the expert and medium snapshots of the finished expert run ``run_dir``; save them as ``expert/``
-    and ``medium/`` and write ``expert.json`` (the choice, every candidate's numbers, the fresh ones)."""
+def choose(run_dir: Path, config: ChoiceConfig, device: torch.device | str = "auto") -> dict:
+    """Choose the expert and medium snapshots of the finished expert run ``run_dir`` (evaluated on ``device``);
+    save them as ``expert/`` and ``medium/`` and write ``expert.json`` (the choice, every candidate's numbers,
+    the fresh ones)."""
     from swfp.loader import load
 
     run_dir = Path(run_dir)
@@ -82,7 +84,7 @@ def choose(run_dir: Path, config: ChoiceConfig) -> dict:
         raise ValueError(f"{run_dir} has no snapshot of a trained actor to choose from (snapshots/ and eval.csv)")
 
     def snapshot(step: int):
-        return load(run_dir / SNAPSHOTS / str(step))
+        return load(run_dir / SNAPSHOTS / str(step), device)
 
     def returns(step: int, episodes: int, offset: int) -> np.ndarray:
         return evaluate_seeded(snapshot(step), task, episodes, seed + offset).returns

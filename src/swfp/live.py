@@ -35,11 +35,14 @@ from swfp.cascade import Cascade
 class PrefixPool:
     """A ring of the last ``capacity`` acted states and their prefix actions ``a ~ π_n(·|s)``."""
 
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int):
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device | str = "cpu"):
+        """On ``device``: the pool is the live block's training data, sampled every update (unlike the replay,
+        it holds normalised states already on the device, and ``capacity`` is small: 10,000 rows by default)."""
         if capacity < 1:
             raise ValueError(f"pool capacity must be >= 1, got {capacity}")
-        self.obs = torch.zeros(capacity, obs_dim)
-        self.prefix = torch.zeros(capacity, act_dim)
+        self.device = torch.device(device)
+        self.obs = torch.zeros(capacity, obs_dim, device=self.device)
+        self.prefix = torch.zeros(capacity, act_dim, device=self.device)
         self.capacity, self.size, self.next = capacity, 0, 0
 
     def __len__(self) -> int:
@@ -48,7 +51,7 @@ class PrefixPool:
     def add(self, obs: torch.Tensor, prefix: torch.Tensor) -> None:
         """Record acted ``(s, a ~ π_n)`` rows (no graph), overwriting the oldest when full."""
         obs, prefix = obs[-self.capacity:].detach(), prefix[-self.capacity:].detach()
-        rows = (self.next + torch.arange(len(obs))) % self.capacity
+        rows = (self.next + torch.arange(len(obs), device=self.device)) % self.capacity
         self.obs[rows], self.prefix[rows] = obs, prefix
         self.next = (self.next + len(obs)) % self.capacity
         self.size = min(self.size + len(obs), self.capacity)
@@ -63,7 +66,7 @@ class PrefixPool:
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.size == 0:
             raise ValueError("the prefix pool is empty: act first")
-        idx = torch.as_tensor(rng.integers(self.size, size=batch_size))
+        idx = torch.as_tensor(rng.integers(self.size, size=batch_size), device=self.device)
         return self.obs[idx], self.prefix[idx]
 
     def state_dict(self) -> dict:
@@ -85,9 +88,9 @@ class LiveBlock:
     gradients go to the block's parameters only, so a critic behind ``q_fn`` keeps its ``.grad``.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, config: BlockConfig):
+    def __init__(self, obs_dim: int, act_dim: int, config: BlockConfig, device: torch.device | str = "cpu"):
         self.config = config
-        self.block = JKOBlock(obs_dim, act_dim, config)
+        self.block = JKOBlock(obs_dim, act_dim, config).to(device)
         self.params = list(self.block.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
 
@@ -129,6 +132,8 @@ class Temperature:
     """
 
     def __init__(self, alpha: float, target: float | None, lr: float = 3e-4):
+        """On the CPU whatever the run's device: α is one number, fed and read as a Python float (a device tensor
+        would cost a synchronising copy per update for nothing)."""
         if not (math.isfinite(alpha) and alpha >= 0) or (target is not None and alpha == 0):
             raise ValueError(f"alpha must be >= 0 (> 0 to be tuned toward a target entropy), got {alpha}")
         self.log_alpha = torch.tensor(math.log(alpha) if alpha > 0 else -math.inf, requires_grad=True)

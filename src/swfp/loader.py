@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from swfp.algorithms import ACTORS
 from swfp.algorithms.network_policy import NetworkPolicy
 from swfp.policy import EnvPolicy, Policy
@@ -24,8 +26,10 @@ STEMS = ("policy", "actor")  # the two saved formats' file names, each with .jso
 FILES = {f"{stem}.{ext}" for stem in STEMS for ext in ("json", "safetensors")}
 
 
-def load(path) -> EnvPolicy:
-    """The policy saved in a run directory, or the directory of the given ``policy.*`` / ``actor.*`` file.
+def load(path, device: torch.device | str = "auto") -> EnvPolicy:
+    """The policy saved in a run directory, or the directory of the given ``policy.*`` / ``actor.*`` file, on
+    ``device`` (``"auto"``: CUDA when available, else the CPU; :func:`~swfp.devices.resolve_device`), whatever
+    device trained it.
 
     Every failure is a :class:`~swfp.runio.CheckpointError` naming the file and the fix: nothing saved yet,
     a missing half of a pair, a truncated or foreign file, weights that do not match their JSON.
@@ -33,9 +37,9 @@ def load(path) -> EnvPolicy:
     path = Path(path)
     directory = path.parent if path.is_file() and path.name in FILES else path
     if (directory / "policy.json").is_file():
-        return Policy.load(directory)
+        return Policy.load(directory, device)
     if (directory / "actor.json").is_file():
-        return NetworkPolicy.load(directory, ACTORS)
+        return NetworkPolicy.load(directory, ACTORS, device)
     for stem in STEMS:
         if (directory / f"{stem}.safetensors").is_file():
             raise CheckpointError(f"{directory / f'{stem}.json'} is missing beside {stem}.safetensors: copy the whole "

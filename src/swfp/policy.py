@@ -14,6 +14,10 @@ so a checkpoint is self-contained. On disk (a run directory or any directory hol
 * ``policy.safetensors`` — base flow weights (``flow.*``), block weights (``blocks.<i>.*``, τ
   included) and ``obs_mean`` / ``obs_std``.
 
+A policy lives on one device (``device``, ``to``): its networks and observation statistics are there, and
+numpy observations go in and numpy actions come out whatever it is. The saved files hold no device
+(safetensors stores plain bytes): ``load(..., device=...)`` puts a policy trained anywhere on any device.
+
 Densities in environment units follow from the affine map ``a_env = low + (a + 1)(high − low)/2``:
 ``log π_env(a_env|s) = log π(a|s) − H · Σ_i log((high_i − low_i)/2)``.
 """
@@ -28,6 +32,7 @@ import torch
 
 from swfp.blocks import BlockConfig, JKOBlock
 from swfp.cascade import Cascade
+from swfp.devices import resolve_device, to_device, to_host
 from swfp.flow import FlowConfig, FlowPolicy
 from swfp.runio import (CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json,
                         require_format, save_tensors)
@@ -40,17 +45,19 @@ class EnvPolicy:
     with its training data's statistics, actions in ``[-1, 1]`` mapped to the task's box, and
     Stable-Baselines3's ``predict(obs, deterministic)`` contract (numpy in, numpy out, env units).
 
-    A subclass gives :meth:`normalized_actions`, :meth:`save` and, where its method has an exact density,
-    :meth:`normalized_log_prob`.
+    A subclass gives :meth:`normalized_actions`, :meth:`save`, :meth:`to` for its networks and, where its
+    method has an exact density, :meth:`normalized_log_prob`. ``device`` is where its tensors live.
     """
 
     algorithm: str | None = None  # the method that trained it, where the saved format records it
 
-    def __init__(self, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray, action_low: np.ndarray,
-                 action_high: np.ndarray, action_chunk: int = 1):
+    def __init__(self, task_id: str, obs_mean: np.ndarray | torch.Tensor, obs_std: np.ndarray | torch.Tensor,
+                 action_low: np.ndarray, action_high: np.ndarray, action_chunk: int = 1,
+                 device: torch.device | str = "cpu"):
         self.task_id = task_id
-        self.obs_mean = torch.as_tensor(obs_mean, dtype=torch.float32)
-        self.obs_std = torch.as_tensor(obs_std, dtype=torch.float32)
+        self.device = torch.device(device)
+        self.obs_mean = torch.as_tensor(obs_mean, dtype=torch.float32).to(self.device)
+        self.obs_std = torch.as_tensor(obs_std, dtype=torch.float32).to(self.device)
         self.action_low = np.asarray(action_low, dtype=np.float32)
         self.action_high = np.asarray(action_high, dtype=np.float32)
         self.action_chunk = int(action_chunk)
@@ -68,10 +75,17 @@ class EnvPolicy:
     def save(self, directory: Path) -> Path:
         raise NotImplementedError
 
+    def to(self, device: torch.device | str) -> "EnvPolicy":
+        """Move the policy to ``device`` in place (a subclass moves its networks too); returns it."""
+        self.device = torch.device(device)
+        self.obs_mean, self.obs_std = self.obs_mean.to(self.device), self.obs_std.to(self.device)
+        return self
+
     # -- acting ---------------------------------------------------------------------------------
     def normalize_obs(self, obs) -> torch.Tensor:
-        """Standardise with the training data's statistics; numpy or torch in, float32 tensor out."""
-        obs = torch.as_tensor(obs, dtype=torch.float32)
+        """Standardise with the training data's statistics; numpy or torch in, float32 tensor on the policy's
+        device out."""
+        obs = to_device(obs, self.device)
         if obs.shape[-1] != self.obs_mean.shape[0]:
             raise ValueError(f"observations have size {obs.shape[-1]}, the policy for {self.task_id} "
                              f"expects {self.obs_mean.shape[0]}")
@@ -103,28 +117,36 @@ class EnvPolicy:
         actions = np.asarray(actions, dtype=np.float32).reshape(len(obs), self.action_chunk, self.act_dim)
         scale = 0.5 * (self.action_high - self.action_low)
         normalized = (actions - self.action_low) / scale - 1.0
-        logp = self.normalized_log_prob(self.normalize_obs(obs), torch.as_tensor(normalized.reshape(len(obs), -1)))
-        return logp.numpy() - self.action_chunk * float(np.log(scale).sum())
+        flat = to_device(normalized.reshape(len(obs), -1), self.device)
+        logp = self.normalized_log_prob(self.normalize_obs(obs), flat)
+        return to_host(logp) - self.action_chunk * float(np.log(scale).sum())
 
 
 class Policy(EnvPolicy):
     """A flow policy ready to act: ``predict(obs)`` and ``log_prob(obs, actions)`` in env units."""
 
-    def __init__(self, model: FlowPolicy | Cascade, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray,
-                 action_low: np.ndarray, action_high: np.ndarray, action_chunk: int = 1):
-        super().__init__(task_id, obs_mean, obs_std, action_low, action_high, action_chunk)
-        self.cascade = model if isinstance(model, Cascade) else Cascade(model)
+    def __init__(self, model: FlowPolicy | Cascade, task_id: str, obs_mean: np.ndarray | torch.Tensor,
+                 obs_std: np.ndarray | torch.Tensor, action_low: np.ndarray, action_high: np.ndarray,
+                 action_chunk: int = 1, device: torch.device | str = "cpu"):
+        """``model`` is moved to ``device`` (it stays the same object: a learner's cascade is the policy's)."""
+        super().__init__(task_id, obs_mean, obs_std, action_low, action_high, action_chunk, device)
+        self.cascade = (model if isinstance(model, Cascade) else Cascade(model)).to(self.device)
         if self.cascade.act_dim != self.act_dim * self.action_chunk:
             raise CheckpointError(f"flow action size {self.cascade.act_dim} != chunk {self.action_chunk} × action size "
                                   f"{self.act_dim}: the checkpoint's config does not match its weights")
 
     @torch.no_grad()
     def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        return self.cascade.sample(self.normalize_obs(obs), deterministic=deterministic)[0].numpy()
+        return to_host(self.cascade.sample(self.normalize_obs(obs), deterministic=deterministic)[0])
 
     def normalized_log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The cascade's exact density: the Euler chain's change of variables, then each block's."""
         return self.cascade.log_prob(obs, actions)
+
+    def to(self, device: torch.device | str) -> "Policy":
+        super().to(device)
+        self.cascade.to(self.device)
+        return self
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: Path) -> Path:
@@ -141,9 +163,10 @@ class Policy(EnvPolicy):
         return directory
 
     @classmethod
-    def load(cls, path: Path) -> "Policy":
-        """A flow policy from a run directory (or its ``policy.json`` / ``policy.safetensors``); ``swfp.load``
-        reads any method's policy."""
+    def load(cls, path: Path, device: torch.device | str = "auto") -> "Policy":
+        """A flow policy from a run directory (or its ``policy.json`` / ``policy.safetensors``) on ``device``
+        (:func:`~swfp.devices.resolve_device`), wherever it was trained; ``swfp.load`` reads any method's policy."""
+        device = resolve_device(device)
         directory = resolve_policy_dir(path)
         spec = require_format(read_json(directory / "policy.json"), directory / "policy.json", FORMAT_VERSION,
                               "pre-train the policy again with this version (`swfp pretrain`)")
@@ -156,7 +179,7 @@ class Policy(EnvPolicy):
             renamed = {("base." + k.removeprefix("flow.")) if k.startswith("flow.") else k: v for k, v in tensors.items()}
             load_state_strict(cascade, renamed, directory / "policy.safetensors")
             return cls(cascade, spec["task"], obs_mean, obs_std, np.array(spec["action_low"]),
-                       np.array(spec["action_high"]), spec["action_chunk"])
+                       np.array(spec["action_high"]), spec["action_chunk"], device)
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError) as exc:  # a field missing, of the wrong type or out of range

@@ -8,6 +8,10 @@ then cosine decay of the learning rate, and an exponential moving average of the
 what gets evaluated and saved. Observations are standardised with the dataset's statistics, which
 travel with the checkpoint.
 
+On a device the standardised dataset is copied there once (a fixed set of a few hundred MB at most:
+1M D4RL transitions of a 17-dimensional task are ~100 MB), so a gradient step moves no data: only the
+batch's indices, drawn on the host by the run's numpy generator.
+
 Two defaults decide whether a short run keeps the modes of multimodal demonstrations (issue 37,
 ``tests/test_pretrain.py``). Flow matching first fits the mean velocity, whose samples form one blob
 at the data's mean, and only later the action-dependent part that splits it into the modes:
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 
 from swfp.data import Dataset, action_bounds, load_dataset, normalize_actions
+from swfp.devices import resolve_device, to_device
 from swfp.envs import env_dims, task_spec
 from swfp.evaluate import evaluate_seeded, seed_columns
 from swfp.flow import FlowConfig, FlowPolicy
@@ -116,8 +121,10 @@ def ema_decay_at(updates: int, max_decay: float, power: float) -> float:
     return min(max_decay, 1.0 - (1.0 + updates) ** -power)
 
 
-def pretrain(config: PretrainConfig, out: Path) -> dict:
-    """Train the flow policy on ``config.dataset`` and write the run directory ``out``."""
+def pretrain(config: PretrainConfig, out: Path, device: torch.device | str = "auto") -> dict:
+    """Train the flow policy on ``config.dataset`` on ``device`` and write the run directory ``out`` (the device
+    goes into ``meta.json``: the saved policy loads on any)."""
+    device = resolve_device(device)
     out = Path(out)
     dataset = load_dataset(config.dataset, config.task)
     config = config.resolve(dataset)
@@ -126,22 +133,22 @@ def pretrain(config: PretrainConfig, out: Path) -> dict:
     obs_dim, act_dim = env_dims(config.task)
     low, high = action_bounds(config.task)
     obs_mean, obs_std = dataset.observation_stats()
-    observations = torch.from_numpy((dataset.observations - obs_mean) / obs_std)
+    observations = torch.from_numpy((dataset.observations - obs_mean) / obs_std).to(device)
     episode_ends = np.flatnonzero(dataset.terminals | dataset.timeouts)
     if len(episode_ends) == 0 or episode_ends[-1] != len(dataset) - 1:
         episode_ends = np.append(episode_ends, len(dataset) - 1)
     targets = torch.from_numpy(chunk_targets(normalize_actions(dataset.actions, low, high), episode_ends,
-                                             config.action_chunk).astype(np.float32))
+                                             config.action_chunk).astype(np.float32)).to(device)
 
     flow = FlowPolicy(obs_dim, act_dim * config.action_chunk,
-                      FlowConfig(hidden_dims=config.hidden_dims, num_steps=config.euler_steps))
+                      FlowConfig(hidden_dims=config.hidden_dims, num_steps=config.euler_steps)).to(device)
     ema = copy.deepcopy(flow).requires_grad_(False)
     optimizer = torch.optim.AdamW(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps))
-    policy = Policy(ema, config.task, obs_mean, obs_std, low, high, config.action_chunk)
+    policy = Policy(ema, config.task, obs_mean, obs_std, low, high, config.action_chunk, device)
 
-    write_run_metadata(out, config, config.seed, kind="pretrain")
+    write_run_metadata(out, config, config.seed, kind="pretrain", device=device)
     logger = MetricLogger(out)
     dataset_return = float(np.mean(dataset.episode_returns()))
     start, running_loss, window = time.time(), 0.0, 0
@@ -156,7 +163,7 @@ def pretrain(config: PretrainConfig, out: Path) -> dict:
     with make_progress() as progress:
         bar = progress.add_task("flow-matching BC", total=config.steps, status="")
         for step in range(1, config.steps + 1):
-            idx = torch.from_numpy(rng.integers(0, len(dataset), size=config.batch_size))
+            idx = to_device(rng.integers(0, len(dataset), size=config.batch_size), device, dtype=None)
             loss = flow.flow_matching_loss(observations[idx], targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -58,7 +58,7 @@ def rescore(run_dir: Path, episodes: int, seed: int = RESCORE_SEED) -> dict | No
             cached = {}
         if all(cached.get(k) == v for k, v in key.items()):
             return cached
-    policy = load(run_dir)
+    policy = load(run_dir, "cpu")  # on the CPU on every machine, so the cached numbers are every machine's
     record = dict(key)
     for label, deterministic in (("", False), ("det_", True)):
         returns = evaluate_seeded(policy, policy.task_id, episodes, seed, deterministic).returns

@@ -26,6 +26,12 @@ specific to it; the runner owns everything else, so methods compare on equal ter
   without the runner (e.g. Ctrl-C interrupts at once).
 * **Wall time** is charged to the loop's phases (:class:`PhaseClock`) and carried in the
   checkpoint, so a run spread over several sessions reports its whole time and its time per step.
+  Host↔device copies (observations in, actions out, replay batches in; :mod:`swfp.devices`) are taken
+  out of whichever phase made them and charged to their own phase, ``transfer``.
+* **Devices.** The learner's networks live on its device, the environments and the replay on the host.
+  A checkpoint is read onto the host (``map_location="cpu"``) and copied into the learner's tensors,
+  wherever they are: a run started on a GPU resumes on a CPU-only machine and the other way round.
+  The device and torch's thread count of every session are recorded in ``meta.json``.
 * **Snapshots** (``RunConfig.snapshots``, off by default): the policy of every evaluation saved under
   ``snapshots/<env step>/``, so a policy can be chosen after the run from more than its last one
   (``swfp expert`` ships its best snapshot and a "medium" one, :mod:`swfp.expert_choice`).
@@ -45,10 +51,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from swfp.devices import transfer_seconds
 from swfp.envs import make_vector_env, step_vector_env, task_spec
 from swfp.evaluate import ActingPolicy, evaluate_seeded, seed_columns
 from swfp.logger import MetricLogger, make_progress, plot_learning_curve, read_csv
-from swfp.runio import CheckpointError, atomic_write, atomic_write_json, atomic_write_text, write_run_metadata
+from swfp.runio import (CheckpointError, atomic_write, atomic_write_json, atomic_write_text, record_resumption,
+                        write_run_metadata)
 
 CHECKPOINT = "checkpoint.pt"
 SNAPSHOTS = "snapshots"
@@ -66,6 +74,7 @@ class Learner(Protocol):
     """What an algorithm provides to the runner."""
 
     name: str
+    device: torch.device  # where its networks live (the environments and the replay stay on the host)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Exploration actions ``(B, H·d)`` in ``[-1, 1]`` for raw observations ``(B, obs_dim)``."""
@@ -124,24 +133,27 @@ class RunConfig:
                             "checkpoint_every": self.checkpoint_every or max(self.total_env_steps // 10, 1)})
 
 
-PHASES = ("collect", "train", "eval", "log", "checkpoint")
+PHASES = ("collect", "train", "eval", "log", "checkpoint", "transfer")
 
 
 class PhaseClock:
     """Wall time per phase of the loop: ``switch(phase)`` charges the time since the last switch to the
-    phase that was running, so every second of the loop lands in exactly one phase. ``seconds`` starts
-    from an earlier session's totals when a run is resumed."""
+    phase that was running, less the host↔device copies made meanwhile (:func:`swfp.devices.transfer_seconds`),
+    which go to the phase ``"transfer"`` (one of ``phases``); so every second of the loop lands in exactly one
+    phase. ``seconds`` starts from an earlier session's totals when a run is resumed."""
 
     def __init__(self, phases: tuple[str, ...], seconds: dict[str, float] | None = None):
         self.seconds = {phase: float((seconds or {}).get(phase, 0.0)) for phase in phases}
         self.current: str | None = None
-        self.since = time.perf_counter()
+        self.since, self.transferred = time.perf_counter(), transfer_seconds()
 
     def switch(self, phase: str | None) -> None:
-        now = time.perf_counter()
+        now, transferred = time.perf_counter(), transfer_seconds()
         if self.current is not None:
-            self.seconds[self.current] += now - self.since
-        self.current, self.since = phase, now
+            copies = transferred - self.transferred
+            self.seconds[self.current] += now - self.since - copies
+            self.seconds["transfer"] += copies
+        self.current, self.since, self.transferred = phase, now, transferred
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -218,18 +230,24 @@ def save_checkpoint(out: Path, learner: Learner, env_step: int, clock: PhaseCloc
     unfinished run's latest policy can be evaluated or measured (``swfp eval``, ``swfp bench compaction``)."""
     state = {"env_step": env_step, "learner": learner.state_dict(), "torch_rng": torch.get_rng_state(),
              "algorithm": learner.name, "phase_seconds": dict(clock.seconds)}
+    if learner.device.type == "cuda":  # the device's own generator draws the device's random numbers
+        state["cuda_rng"] = torch.cuda.get_rng_state(learner.device)
     atomic_write(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
     learner.policy().save(out)
 
 
 def load_checkpoint(out: Path, learner: Learner) -> tuple[int, dict[str, float]]:
-    """Restore ``learner`` and torch's RNG; returns the checkpoint's env step and the loop's phase seconds."""
+    """Restore ``learner`` and torch's RNG; returns the checkpoint's env step and the loop's phase seconds.
+
+    The file is read onto the host whatever device wrote it (a checkpoint of a GPU run holds CUDA tensors,
+    which would not load on a machine without one); the learner copies what it needs onto its own device.
+    The CUDA generator's state is restored when both the checkpoint and the learner are on CUDA."""
     path = out / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"cannot resume: {path} does not exist (the run wrote no checkpoint yet); "
                               "start it again without --resume")
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 — any unpickling failure means a corrupt file
         raise CheckpointError(f"checkpoint {path} is corrupt or not a swfp checkpoint ({exc})") from exc
     if state.get("algorithm") != learner.name:
@@ -237,6 +255,8 @@ def load_checkpoint(out: Path, learner: Learner) -> tuple[int, dict[str, float]]
                               f"not {learner.name!r}; resume with the same --algo")
     learner.load_state_dict(state["learner"])
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and learner.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], learner.device)
     return int(state["env_step"]), state["phase_seconds"]
 
 
@@ -289,9 +309,10 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
     if resume:
         env_step, phase_seconds = load_checkpoint(out, learner)
         _truncate_history(out, env_step)
+        record_resumption(out, env_step, learner.device)
     else:
         env_step, phase_seconds = 0, {}
-        write_run_metadata(out, run_config or {"run": config}, config.seed, kind=kind)
+        write_run_metadata(out, run_config or {"run": config}, config.seed, kind=kind, device=learner.device)
     logger = MetricLogger(out, elapsed=sum(phase_seconds.values()))
     venv = make_vector_env(config.task, config.num_envs, seed=config.seed + env_step)
     obs, _ = venv.reset(seed=config.seed + env_step)

@@ -11,6 +11,10 @@
   (one gradient step on a batch), :meth:`~OffPolicyLearner.target_actions` (the critic's
   ``a' ~ π(·|s')``) and its policy.
 
+**Devices.** A learner lives on its policy's device (``from_pretrained(..., device=...)``): every network,
+optimiser and tensor an update touches is there. The replay and the demonstrations stay on the host and
+each update's batch is moved once (:meth:`OffPolicyLearner.sample_batch`); environments run on the host.
+
 A method whose policy is not a flow cascade acts through a
 :class:`~swfp.algorithms.network_policy.NetworkPolicy` (its own module: the saved format).
 """
@@ -29,6 +33,7 @@ import torch
 from swfp.buffer import Batch, MixedReplay, ReplayBuffer
 from swfp.critic import Critic, CriticConfig
 from swfp.data import Dataset, load_dataset, normalize_actions
+from swfp.devices import resolve_device
 from swfp.policy import Policy
 from swfp.runio import read_json
 from swfp.runner import RunConfig, SavablePolicy, restore_rng, rng_state, run
@@ -62,7 +67,8 @@ class FineTuner:
     """Base of every method: a :class:`swfp.runner.Learner` built from a pre-trained run.
 
     ``name`` is the ``--algo`` value, ``description`` its one line in ``swfp algos``, and
-    ``config_class`` its typed configuration (``None``: the method has no hyper-parameters).
+    ``config_class`` its typed configuration (``None``: the method has no hyper-parameters). The learner's
+    ``device`` is its policy's: a method builds its networks there.
     """
 
     name = "bc"
@@ -74,6 +80,7 @@ class FineTuner:
             config = self.config_class()
         self.config = config
         self._policy = policy
+        self.device = policy.device
         # what acts, is evaluated and is saved: the flow itself unless a method acts with another network
         self.acting: SavablePolicy = policy
         self.obs_dim, self.act_dim = int(policy.obs_mean.shape[0]), policy.act_dim * policy.action_chunk
@@ -86,10 +93,11 @@ class FineTuner:
     # -- construction and the user API --------------------------------------------------------
     @classmethod
     def from_pretrained(cls, run_dir, env: str | None = None, config=None, dataset: str | None = None,
-                        total_env_steps: int = 300_000):
+                        total_env_steps: int = 300_000, device: torch.device | str = "auto"):
         """Start from a pre-trained run: its policy, and (unless ``dataset`` is given) the
-        demonstrations it was trained on, read from its ``config.json``."""
-        policy = Policy.load(Path(run_dir))
+        demonstrations it was trained on, read from its ``config.json``. The learner trains on ``device``
+        (``"auto"``: CUDA when available, else the CPU), whatever device pre-trained the run."""
+        policy = Policy.load(Path(run_dir), device)
         if env is not None and env != policy.task_id:
             raise ValueError(f"{run_dir} was trained on {policy.task_id!r}, not {env!r}")
         if policy.action_chunk != 1:
@@ -103,8 +111,16 @@ class FineTuner:
 
     def learn(self, total_env_steps: int | None = None, out=None, seed: int = 0, num_envs: int = 1,
               eval_every: int | None = None, eval_episodes: int | None = None, checkpoint_every: int | None = None,
-              resume: bool = False) -> dict:
-        """Fine-tune online (see :func:`swfp.runner.run`); returns the run summary."""
+              resume: bool = False, device: torch.device | str | None = None) -> dict:
+        """Fine-tune online (see :func:`swfp.runner.run`) on the learner's device; returns the run summary.
+
+        ``device``, if given, must be that device: the networks and their optimisers were built there by
+        ``from_pretrained(..., device=...)`` (an optimiser holds the very parameters it updates, so a learner is
+        not moved afterwards). A resumed run may use another device than the one that started it.
+        """
+        if device is not None and resolve_device(device) != self.device:
+            raise ValueError(f"this {self.name} learner was built on {self.device}, not {resolve_device(device)}: "
+                             f"build it there with from_pretrained(..., device={str(device)!r}) (or swfp.make)")
         if total_env_steps is not None:
             self.total_env_steps = total_env_steps
         run_config = RunConfig(task=self._policy.task_id, total_env_steps=self.total_env_steps, num_envs=num_envs,
@@ -184,7 +200,7 @@ class OffPolicyLearner(FineTuner):
     def __init__(self, policy: Policy, demonstrations: Dataset | None, config=None, total_env_steps: int = 300_000):
         super().__init__(policy, demonstrations, config, total_env_steps)
         cfg = self.config
-        self.critic = Critic(self.obs_dim, self.act_dim, cfg.critic)
+        self.critic = Critic(self.obs_dim, self.act_dim, cfg.critic, self.device)
         online = ReplayBuffer(self.obs_dim, self.act_dim, cfg.replay_capacity)
         if self.use_demonstrations and demonstrations is not None and cfg.offline_fraction > 0:
             offline = self.demonstration_buffer(demonstrations)
@@ -224,8 +240,9 @@ class OffPolicyLearner(FineTuner):
             return self.critic.update(batch, next_actions, next_log_prob, alpha)
 
     def sample_batch(self) -> Batch:
-        """A replay batch with observations normalised by the pre-trained run's statistics."""
-        batch = self.replay.sample(self.config.batch_size, self.rng)
+        """A replay batch on the learner's device, observations normalised by the pre-trained run's statistics:
+        sampled on the host, moved in one copy per field (the replay stays on the host, :mod:`swfp.buffer`)."""
+        batch = self.replay.sample(self.config.batch_size, self.rng).to(self.device)
         norm = self._policy.normalize_obs
         return dataclasses.replace(batch, observations=norm(batch.observations),
                                    next_observations=norm(batch.next_observations))

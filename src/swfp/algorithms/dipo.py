@@ -30,6 +30,7 @@ import torch
 
 from swfp.algorithms.base import OffPolicyConfig, OffPolicyLearner, optimizer_step
 from swfp.buffer import Batch, ReplayBuffer
+from swfp.devices import to_device, to_host
 
 
 @dataclass
@@ -90,9 +91,9 @@ class DIPO(OffPolicyLearner):
         metrics = self.td_update(batch)
         idx = self.rng.integers(0, len(self.memory), self.config.batch_size)
         obs = self._policy.normalize_obs(self.memory.observations[idx])
-        before = torch.from_numpy(self.memory.actions[idx])
+        before = to_device(self.memory.actions[idx], self.device)
         improved = self.improve_actions(obs, before)
-        self.memory.actions[idx] = improved.numpy()
+        self.memory.actions[idx] = to_host(improved)  # DIPO's memory is replay: on the host
         flow_loss = self.flow.flow_matching_loss(obs, improved)
         optimizer_step(self.flow_optimizer, flow_loss, self.config.flow_grad_clip)
         return {**metrics, "flow_loss": flow_loss.item(),

@@ -106,14 +106,15 @@ class DSRL(OffPolicyLearner):
         obs_dim, act_dim = self.obs_dim, self.act_dim
         self.flow = policy.cascade.base  # frozen
         self.noise_critic = Critic(obs_dim, act_dim, CriticConfig(
-            hidden_dims=cfg.noise_critic_hidden_dims, ensemble_size=cfg.critic.ensemble_size, lr=cfg.critic.lr))
+            hidden_dims=cfg.noise_critic_hidden_dims, ensemble_size=cfg.critic.ensemble_size, lr=cfg.critic.lr),
+            self.device)
         # SAC over y = w / b in [-1, 1]: its actor and temperature, maximising Q^W.
         # σ starts at 1 as in their SB3 actor (a plain linear log-σ head): w = b·tanh(u) then spreads about
         # as the flow's own N(0, I) noise, so the steered policy starts as the pre-trained stochastic one
         self.sac = SAC(obs_dim, act_dim, SACConfig(hidden_dims=cfg.actor_hidden_dims, actor_lr=cfg.actor_lr,
                                                    init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy,
                                                    init_std=1.0),
-                       critic=self.noise_critic)
+                       critic=self.noise_critic, device=self.device)
         self.steered = SteeredFlow(self.sac.actor, self.flow, cfg.noise_bound)
         self.acting = NetworkPolicy.beside(self.steered, self.name, self._policy)
 
@@ -125,7 +126,7 @@ class DSRL(OffPolicyLearner):
         metrics = self.td_update(batch, self.sac.alpha)
         obs = batch.observations
         with torch.no_grad():  # Q^W(s, w) <- Q^A(s, f(s, w)), w ~ N(0, I), every member on its own target
-            w = torch.randn(obs.shape[0], self.flow.act_dim)
+            w = torch.randn(obs.shape[0], self.flow.act_dim, device=obs.device)
             target = self.critic.q(obs, self.flow.sample(obs, noise=w)[0])
         distill_loss = F.mse_loss(self.noise_critic.q(obs, w / self.config.noise_bound), target)
         optimizer_step(self.noise_critic.optimizer, distill_loss)

@@ -71,7 +71,8 @@ class OneStepPolicy(Actor):
         return self.net(torch.cat([obs, noise], dim=-1))
 
     def actions(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        noise = torch.zeros(obs.shape[0], self.act_dim) if deterministic else torch.randn(obs.shape[0], self.act_dim)
+        shape = (obs.shape[0], self.act_dim)
+        noise = obs.new_zeros(shape) if deterministic else torch.randn(shape, dtype=obs.dtype, device=obs.device)
         return self(obs, noise).clamp(-1.0, 1.0)
 
     def spec(self) -> dict:
@@ -91,7 +92,7 @@ class FQL(OffPolicyLearner):
         super().__init__(policy, demonstrations, config, total_env_steps)
         obs_dim, act_dim = self.obs_dim, self.act_dim
         self.flow = policy.cascade.base.requires_grad_(True)
-        self.one_step = OneStepPolicy(obs_dim, act_dim, self.config.actor_hidden_dims)
+        self.one_step = OneStepPolicy(obs_dim, act_dim, self.config.actor_hidden_dims).to(self.device)
         self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=self.config.flow_lr)
         self.actor_optimizer = torch.optim.Adam(self.one_step.parameters(), lr=self.config.actor_lr)
         # the one-step policy alone acts: the flow is its distillation target
@@ -105,7 +106,7 @@ class FQL(OffPolicyLearner):
         obs = batch.observations
         flow_loss = self.flow.flow_matching_loss(obs, batch.actions)
         optimizer_step(self.flow_optimizer, flow_loss)
-        noise = torch.randn(obs.shape[0], self.one_step.act_dim)
+        noise = torch.randn(obs.shape[0], self.one_step.act_dim, device=obs.device)
         with torch.no_grad():
             target = self.flow.sample(obs, noise=noise)[0]
         actions = self.one_step(obs, noise)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from swfp.devices import resolve_device, to_host
 from swfp.policy import EnvPolicy, Policy, observation_statistics
 from swfp.runio import (CheckpointError, atomic_write_json, load_state_strict, load_tensors, read_json,
                         require_format, save_tensors)
@@ -63,26 +64,33 @@ class Actor(nn.Module):
 class NetworkPolicy(EnvPolicy):
     """An :class:`Actor` behind the env-unit contract of every loaded policy, for the method ``algorithm``."""
 
-    def __init__(self, actor: Actor, algorithm: str, task_id: str, obs_mean: np.ndarray, obs_std: np.ndarray,
-                 action_low: np.ndarray, action_high: np.ndarray):
-        super().__init__(task_id, obs_mean, obs_std, action_low, action_high)
-        self.actor, self.algorithm = actor, algorithm
+    def __init__(self, actor: Actor, algorithm: str, task_id: str, obs_mean: np.ndarray | torch.Tensor,
+                 obs_std: np.ndarray | torch.Tensor, action_low: np.ndarray, action_high: np.ndarray,
+                 device: torch.device | str = "cpu"):
+        """``actor`` is moved to ``device`` (it stays the same object: a learner's actor is the policy's)."""
+        super().__init__(task_id, obs_mean, obs_std, action_low, action_high, device=device)
+        self.actor, self.algorithm = actor.to(self.device), algorithm
 
     @classmethod
     def beside(cls, actor: Actor, algorithm: str, pretrained: Policy) -> "NetworkPolicy":
         """The policy of a run that started from ``pretrained``: its observation statistics and action box (every
-        method of the harness normalises observations with the pre-trained run's statistics)."""
-        return cls(actor, algorithm, pretrained.task_id, pretrained.obs_mean.numpy(), pretrained.obs_std.numpy(),
-                   pretrained.action_low, pretrained.action_high)
+        method of the harness normalises observations with the pre-trained run's statistics), on its device."""
+        return cls(actor, algorithm, pretrained.task_id, pretrained.obs_mean, pretrained.obs_std,
+                   pretrained.action_low, pretrained.action_high, pretrained.device)
 
     @torch.no_grad()
     def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        return self.actor.actions(self.normalize_obs(obs), deterministic).numpy()
+        return to_host(self.actor.actions(self.normalize_obs(obs), deterministic))
 
     def normalized_log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         if self.actor.no_density is not None:
             raise NotImplementedError(f"the {self.algorithm} policy has no exact log-density: {self.actor.no_density}")
         return self.actor.log_prob(obs, actions)
+
+    def to(self, device: torch.device | str) -> "NetworkPolicy":
+        super().to(device)
+        self.actor.to(self.device)
+        return self
 
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
@@ -97,8 +105,11 @@ class NetworkPolicy(EnvPolicy):
         return directory
 
     @classmethod
-    def load(cls, directory: Path, kinds: dict[str, type[Actor]]) -> "NetworkPolicy":
-        """Rebuild the policy saved in ``directory``; ``kinds`` maps ``actor.json``'s kind to its class."""
+    def load(cls, directory: Path, kinds: dict[str, type[Actor]],
+             device: torch.device | str = "auto") -> "NetworkPolicy":
+        """Rebuild the policy saved in ``directory`` on ``device``, wherever it was trained; ``kinds`` maps
+        ``actor.json``'s kind to its class."""
+        device = resolve_device(device)
         directory = Path(directory)
         spec_path, weights_path = directory / "actor.json", directory / "actor.safetensors"
         spec = require_format(read_json(spec_path), spec_path, FORMAT_VERSION, RERUN)
@@ -114,7 +125,7 @@ class NetworkPolicy(EnvPolicy):
             tensors = load_tensors(weights_path)
             obs_mean, obs_std = observation_statistics(tensors, spec["obs_dim"], weights_path)
             load_state_strict(actor, {k.removeprefix("actor."): v for k, v in tensors.items()}, weights_path)
-            return cls(actor.eval(), spec["algorithm"], spec["task"], obs_mean, obs_std, low, high)
+            return cls(actor.eval(), spec["algorithm"], spec["task"], obs_mean, obs_std, low, high, device)
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError) as exc:  # a field missing, of the wrong type or out of range

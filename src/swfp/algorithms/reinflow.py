@@ -41,14 +41,15 @@ from torch import nn
 
 from swfp.algorithms.base import FineTuner
 from swfp.algorithms.network_policy import Actor, NetworkPolicy
+from swfp.devices import to_device, to_host
 from swfp.flow import FlowConfig, FlowPolicy, standard_normal_log_prob
 from swfp.nets import Mish, SinusoidalTimeEmbedding, mlp
 
 
-def minibatch_indices(size: int, count: int) -> tuple[torch.Tensor, ...]:
-    """A random permutation of ``range(size)`` split into ``count`` minibatches whose sizes differ by at most
-    one: no leftover minibatch of a single row, whose advantage std (and then the weights) would be NaN."""
-    return torch.randperm(size).tensor_split(min(count, size))
+def minibatch_indices(size: int, count: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """A random permutation of ``range(size)`` on ``device`` split into ``count`` minibatches whose sizes differ by
+    at most one: no leftover minibatch of a single row, whose advantage std (and then the weights) would be NaN."""
+    return torch.randperm(size, device=device).tensor_split(min(count, size))
 
 
 @dataclass
@@ -103,7 +104,7 @@ class NoiseNet(nn.Module):
 
 def _step_means_and_stds(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tensor, x: torch.Tensor, k: int,
                          steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.full(x.shape[:1], k / steps)
+    t = torch.full(x.shape[:1], k / steps, dtype=x.dtype, device=x.device)
     return x + flow.velocity(obs, x, t) / steps, noise_net(obs, t)
 
 
@@ -117,7 +118,8 @@ def sample_chain(flow: FlowPolicy, noise_net: NoiseNet, obs: torch.Tensor, steps
     """The chain ``x_0:K`` ``(B, K+1, D)`` and its ``log p(x_0:K | s)`` ``(B,)``, accumulated as it is drawn
     (the terms of :func:`chain_log_prob`, so collecting costs one pass of the velocity field, not two).
     ``deterministic``: ``x_0 = 0`` and no injected noise (the log-density is then of that chain)."""
-    x = torch.zeros(obs.shape[0], flow.act_dim) if deterministic else torch.randn(obs.shape[0], flow.act_dim)
+    shape = (obs.shape[0], flow.act_dim)
+    x = obs.new_zeros(shape) if deterministic else torch.randn(shape, dtype=obs.dtype, device=obs.device)
     chain, log_prob = [x], standard_normal_log_prob(x)
     for k in range(steps):
         mean, std = _step_means_and_stds(flow, noise_net, obs, x, k, steps)
@@ -206,10 +208,11 @@ class ReinFlow(FineTuner):
         cfg = self.config
         obs_dim, act_dim = self.obs_dim, self.act_dim
         self.flow = policy.cascade.base.requires_grad_(True)
-        self.noise_net = NoiseNet(obs_dim, act_dim, cfg.noise_hidden_dims, cfg.min_noise_std, cfg.max_noise_std)
+        self.noise_net = NoiseNet(obs_dim, act_dim, cfg.noise_hidden_dims, cfg.min_noise_std,
+                                  cfg.max_noise_std).to(self.device)
         self.acting = NetworkPolicy.beside(NoisyFlow(self.flow, self.noise_net, cfg.denoising_steps), self.name,
                                            self._policy)
-        self.value = mlp(obs_dim, cfg.value_hidden_dims, 1, activation=Mish)
+        self.value = mlp(obs_dim, cfg.value_hidden_dims, 1, activation=Mish).to(self.device)
         self.actor_optimizer = torch.optim.AdamW([*self.flow.parameters(), *self.noise_net.parameters()],
                                                  lr=cfg.actor_lr, weight_decay=0.0)
         self.critic_optimizer = torch.optim.AdamW(self.value.parameters(), lr=cfg.critic_lr,
@@ -225,18 +228,18 @@ class ReinFlow(FineTuner):
         obs_t = self._policy.normalize_obs(obs)
         chain, log_prob = sample_chain(self.flow, self.noise_net, obs_t, self.config.denoising_steps)
         self.pending = (obs_t, chain, log_prob)
-        return chain[:, -1].numpy()
+        return to_host(chain[:, -1])
 
     def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None) -> None:
         dones = np.logical_or(terminals, truncations if truncations is not None else False)
         if self.config.reward_scaling:
             rewards = self.reward_scaler(np.asarray(rewards, np.float64), dones)
-        obs_t, chain, log_prob = self.pending
+        obs_t, chain, log_prob = self.pending  # the rollout lives on the device: PPO reads all of it per iteration
         self.rollout.append({"obs": obs_t, "chain": chain, "log_prob": log_prob,
-                             "reward": torch.as_tensor(rewards, dtype=torch.float32),
+                             "reward": to_device(rewards, self.device),
                              "next_obs": self._policy.normalize_obs(next_obs),
-                             "terminal": torch.as_tensor(terminals, dtype=torch.float32),
-                             "done": torch.as_tensor(dones, dtype=torch.float32)})
+                             "terminal": to_device(terminals, self.device),
+                             "done": to_device(dones, self.device)})
 
     def train(self, env_step: int) -> dict[str, float]:
         """A PPO iteration whenever the rollout holds ``rollout_steps`` env steps."""
@@ -272,7 +275,7 @@ class ReinFlow(FineTuner):
         entries = (cfg.denoising_steps + 1) * self.flow.act_dim  # log-probs averaged per chain entry
         metrics: dict[str, float] = {}
         for _ in range(cfg.update_epochs):
-            for idx in minibatch_indices(len(returns), cfg.minibatches):
+            for idx in minibatch_indices(len(returns), cfg.minibatches, self.device):
                 log_prob, entropy = chain_log_prob(self.flow, self.noise_net, flat["obs"][idx], flat["chain"][idx])
                 log_ratio = (log_prob - flat["log_prob"][idx]) / entries
                 ratio = log_ratio.exp()

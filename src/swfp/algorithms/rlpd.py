@@ -76,7 +76,7 @@ class SACFromScratch(OffPolicyLearner):
         :class:`~swfp.policy.EnvPolicy`: the pre-trained flow's here, an expert's own in :mod:`swfp.expert`)."""
         super().__init__(policy, demonstrations, config, total_env_steps)
         obs_dim, act_dim = self.obs_dim, self.act_dim
-        self.sac = SAC(obs_dim, act_dim, self.config.sac_config(act_dim), critic=self.critic)
+        self.sac = SAC(obs_dim, act_dim, self.config.sac_config(act_dim), critic=self.critic, device=self.device)
         self.acting = NetworkPolicy.beside(self.sac.actor, self.name, self._policy)
 
     def act(self, obs: np.ndarray) -> np.ndarray:

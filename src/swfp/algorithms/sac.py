@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -100,10 +99,6 @@ class GaussianActor(Actor):
         mean, log_std = self(obs)
         return self._log_prob(mean, log_std, torch.atanh(actions), actions)
 
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        return self.actions(torch.as_tensor(obs, dtype=torch.float32), deterministic).numpy()
-
     def spec(self) -> dict:
         return {"hidden_dims": list(self.hidden_dims)}
 
@@ -115,15 +110,16 @@ class GaussianActor(Actor):
 class SAC:
     """The SAC learner: ``update(batch)`` does one critic, actor and temperature step."""
 
-    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig, critic: Critic | None = None):
-        """``critic``: an existing critic to train (the fine-tuning harness's shared one); by default one
-        built from ``config``."""
+    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig, critic: Critic | None = None,
+                 device: torch.device | str = "cpu"):
+        """``critic``: an existing critic to train (the fine-tuning harness's shared one, on ``device``); by
+        default one built from ``config``. Actor, critic and temperature live on ``device``."""
         self.config = config
-        self.actor = GaussianActor(obs_dim, act_dim, config.hidden_dims, config.init_std)
+        self.actor = GaussianActor(obs_dim, act_dim, config.hidden_dims, config.init_std).to(device)
         self.critic = critic or Critic(obs_dim, act_dim, CriticConfig(
             hidden_dims=config.hidden_dims, ensemble_size=config.ensemble_size, layer_norm=config.layer_norm,
-            lr=config.critic_lr, gamma=config.gamma, polyak=config.polyak))
-        self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
+            lr=config.critic_lr, gamma=config.gamma, polyak=config.polyak), device)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), device=device, requires_grad=True)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)

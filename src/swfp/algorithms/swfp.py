@@ -69,6 +69,7 @@ from swfp.buffer import Batch
 from swfp.cascade import Cascade, compact, draw_pool
 from swfp.critic import CriticConfig
 from swfp.data import Dataset
+from swfp.devices import generator, to_host
 from swfp.live import LiveBlock, PrefixPool, Temperature
 from swfp.policy import Policy
 from swfp.runner import RunConfig, evaluate_policy
@@ -192,7 +193,7 @@ class SWFP(OffPolicyLearner):
         self.entropy: float | None = None            # H(π_n), tracked block by block
         self.td_reference: float | None = None       # running held-out TD error of the judged blocks
         self.scale_reference: float | None = None    # the Q scale at the previous judgement
-        self.pool = PrefixPool(self.obs_dim, self.act_dim, cfg.pool_size)
+        self.pool = PrefixPool(self.obs_dim, self.act_dim, cfg.pool_size, self.device)
         self.live = self.new_live_block() if cfg.schedule == "live" else None
         self.counts = {"accepted": 0, "rejected": 0, "compactions": 0}
         self.last_block: dict[str, float] = {}
@@ -215,7 +216,7 @@ class SWFP(OffPolicyLearner):
         return self.temperature.alpha
 
     def new_live_block(self) -> LiveBlock:
-        return LiveBlock(self.obs_dim, self.act_dim, self.config.block_config(self.tau, self.alpha))
+        return LiveBlock(self.obs_dim, self.act_dim, self.config.block_config(self.tau, self.alpha), self.device)
 
     # -- the values a block climbs and is judged by ----------------------------------------------
     def objective_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -244,7 +245,7 @@ class SWFP(OffPolicyLearner):
         """``H(π_n) ≈ −E log π_n(a|s)`` from the cascade's exact K-step density, one action for each of ``samples``
         states drawn from ``states`` (−log π of a single action varies by ~√(d/2) nats: 1024 samples keep the
         anchor's error near 0.03 nats for d = 2)."""
-        states = states[torch.as_tensor(self.rng.integers(len(states), size=samples))]
+        states = states[torch.as_tensor(self.rng.integers(len(states), size=samples), device=self.device)]
         return -self._policy.cascade.sample(states, with_log_prob=True)[1].mean().item()
 
     # -- acting, and the critic's targets: π_n ∘ L ------------------------------------------------
@@ -253,7 +254,7 @@ class SWFP(OffPolicyLearner):
         states = self._policy.normalize_obs(obs)
         prefix = self._policy.cascade.sample(states)[0]
         self.pool.add(states, prefix)
-        return (prefix if self.live is None else self.live.block(states, prefix)).numpy()
+        return to_host(prefix if self.live is None else self.live.block(states, prefix))
 
     def target_actions(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         exact = self.config.critic_entropy == "exact"
@@ -275,7 +276,7 @@ class SWFP(OffPolicyLearner):
             return self._policy
         p = self._policy
         return Policy(Cascade(p.cascade.base, [*p.cascade.blocks, copy.deepcopy(self.live.block)]), p.task_id,
-                      p.obs_mean, p.obs_std, p.action_low, p.action_high, p.action_chunk)
+                      p.obs_mean, p.obs_std, p.action_low, p.action_high, p.action_chunk, self.device)
 
     # -- the shared off-policy core's hooks -----------------------------------------------------
     def update(self, batch: Batch) -> dict[str, float]:
@@ -320,11 +321,11 @@ class SWFP(OffPolicyLearner):
         if self.live is not None:
             candidate, block = self.live.block, {}
         else:
-            candidate = JKOBlock(self.obs_dim, self.act_dim, cfg.block_config(self.tau, self.alpha))
+            candidate = JKOBlock(self.obs_dim, self.act_dim, cfg.block_config(self.tau, self.alpha)).to(self.device)
             size = len(self.pool)
             block = train_block(candidate, self.pool.obs[:size], self.pool.prefix[:size], self.objective_q,
                                 cfg.block_config(self.tau, self.alpha),
-                                torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+                                generator(self.device, int(self.rng.integers(2**31))))
         states = self._policy.normalize_obs(self.replay.online.sample(cfg.heldout_states, self.rng).observations)
         heldout = draw_pool(cascade, states)  # fresh states, fresh actions of π_n
         block.update(self.judge(candidate, *heldout))
@@ -334,7 +335,7 @@ class SWFP(OffPolicyLearner):
             with torch.random.fork_rng():  # a diagnostic: the run's own random streams are left as they were
                 block["proximal_fraction"] = proximal_fraction(
                     candidate, self.pool.obs[:size], self.pool.prefix[:size], *heldout, self.objective_q, self.alpha,
-                    generator=torch.Generator().manual_seed(judged))
+                    generator=generator(self.device, judged))
         if block["accepted"]:
             cascade.append(candidate)
             self.entropy += block["entropy_change"]
@@ -379,7 +380,7 @@ class SWFP(OffPolicyLearner):
     @torch.no_grad()
     def heldout_td_error(self, candidate: JKOBlock) -> float:
         """Mean squared TD error on the most recent online transitions, targets from ``π_n ∘ candidate``."""
-        batch = self.replay.online.recent(self.config.td_heldout)
+        batch = self.replay.online.recent(self.config.td_heldout).to(self.device)
         norm = self._policy.normalize_obs
         obs, next_obs = norm(batch.observations), norm(batch.next_observations)
         next_actions = candidate(next_obs, self._policy.cascade.sample(next_obs)[0])
@@ -390,7 +391,7 @@ class SWFP(OffPolicyLearner):
         """Distil the cascade into a new base flow; measure the return just before and after; re-anchor H exactly."""
         before = self.evaluate_return(self._policy) if self.evaluate_return else float("nan")
         new_base = compact(self._policy.cascade, self.sample_states(4096), self.config.compaction_steps,
-                           generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+                           generator=generator(self.device, int(self.rng.integers(2**31))))
         self._policy.cascade = Cascade(new_base)
         after = self.evaluate_return(self._policy) if self.evaluate_return else float("nan")
         self.entropy = self.exact_entropy(self.pool.obs[: len(self.pool)])
@@ -427,12 +428,12 @@ class SWFP(OffPolicyLearner):
         base.load_state_dict(state["base"])
         blocks = []
         for entry in state["blocks"]:
-            block = JKOBlock(base.obs_dim, base.act_dim, BlockConfig(**entry["config"]))
+            block = JKOBlock(base.obs_dim, base.act_dim, BlockConfig(**entry["config"])).to(self.device)
             block.load_state_dict(entry["weights"])
             blocks.append(block)
         self._policy.cascade = Cascade(base, blocks)
         if state["live"] is not None:
-            self.live = LiveBlock(self.obs_dim, self.act_dim, BlockConfig(**state["live"]["config"]))
+            self.live = LiveBlock(self.obs_dim, self.act_dim, BlockConfig(**state["live"]["config"]), self.device)
             self.live.load_state_dict(state["live"])
         self.pool.load_state_dict(state["pool"])
         self.temperature.load_state_dict(state["temperature"])
