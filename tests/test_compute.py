@@ -19,7 +19,7 @@ BANDIT = "swfp/QuadraticBandit-v0"
 def test_bench_compute_bptt_memory_grows_with_k_and_the_block_step_does_not(tmp_path):
     config = ComputeConfig(task=BANDIT, euler_steps=(2, 16), block_counts=(0, 3, 9), inference_batches=(1, 4),
                            max_blocks=4, batch_size=64, repeats=2, warmup=1)
-    result = bench_compute(config, tmp_path)
+    result = bench_compute(config, tmp_path, device="cpu")
     small, large = result["updates"]
     assert [small["euler_steps"], large["euler_steps"]] == [2, 16]
     # bptt keeps every Euler step's activations for its backward pass; a block's graph is its own.
@@ -38,6 +38,11 @@ def test_bench_compute_bptt_memory_grows_with_k_and_the_block_step_does_not(tmp_
         assert (tmp_path / name).is_file(), name
     assert len(read_csv(tmp_path / "compute_updates.csv")) == 2
     assert "| 16 |" in (tmp_path / "compute.md").read_text()
+    # the device the figures were measured on: in every CSV row, in the tables' heading and in meta.json
+    for name in ("compute_updates.csv", "compute_chain.csv", "compute_inference.csv"):
+        assert {row["device"] for row in read_csv(tmp_path / name)} == {"cpu"}, name
+    assert "on cpu;" in (tmp_path / "compute.md").read_text()
+    assert json.loads((tmp_path / "meta.json").read_text())["device"] == "cpu"
 
 
 def test_bench_compute_rejects_bad_settings():
@@ -53,9 +58,13 @@ def test_bench_loop_splits_a_real_run_and_measures_the_floor(tmp_path, bandit_bc
     config = LoopConfig(pretrained=str(bandit_bc / "bc"), algo="swfp", env_steps=300, budget=600, repeats=3,
                         settings=settings)
     started = time.perf_counter()
-    rows = {r["phase"]: r for r in bench_loop(config, tmp_path)}
+    rows = {r["phase"]: r for r in bench_loop(config, tmp_path, device="cpu")}
     elapsed = time.perf_counter() - started
-    assert set(rows) == {"collect", "critic", "actor", "eval", "log", "other", "total"}
+    assert set(rows) == {"collect", "critic", "actor", "transfer", "eval", "log", "other", "total"}
+    assert {r["device"] for r in rows.values()} == {"cpu"}
+    assert {r["device"] for r in read_csv(tmp_path / "loop.csv")} == {"cpu"}
+    assert "on cpu;" in (tmp_path / "loop.md").read_text()
+    assert rows["transfer"]["in_loop_ms"] == 0.0  # on the CPU a "copy" to the device is the same memory
     assert rows["total"]["in_loop_ms"] == pytest.approx(sum(r["in_loop_ms"] for p, r in rows.items() if p != "total"))
     for phase in ("collect", "critic", "actor"):
         assert rows[phase]["in_loop_ms"] > 0 and rows[phase]["alone_ms"] > 0, phase
@@ -67,7 +76,7 @@ def test_bench_loop_splits_a_real_run_and_measures_the_floor(tmp_path, bandit_bc
     # Every second of the loop lands in one phase: the phases add up to the run's wall time, which
     # cannot exceed the time the whole benchmark took.
     per_step = summary["seconds_per_env_step"]
-    assert set(per_step) == {"collect", "train", "eval", "log", "checkpoint"}
+    assert set(per_step) == {"collect", "train", "eval", "log", "checkpoint", "transfer"}
     assert sum(per_step.values()) * 300 == pytest.approx(summary["wall_seconds"], abs=0.1)
     assert 0 < summary["wall_seconds"] <= elapsed
     assert (tmp_path / "loop.png").is_file() and "measured alone" in (tmp_path / "loop.md").read_text()

@@ -14,6 +14,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
@@ -21,12 +22,21 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from swfp.envs import make_env, task_spec
 from swfp.runio import atomic_write_json, atomic_write_text, write_run_metadata
 
+if TYPE_CHECKING:  # torch is imported where it is used: ``swfp bench envs`` runs without it
+    import torch
+
 
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
-    """One row per dict (floats to 3 decimals), atomically."""
+    """One row per dict (floats to 3 decimals), atomically; a text cell is quoted where it needs it."""
+    import csv
+    import io
+
     header = list(rows[0])
-    atomic_write_text(path, "\n".join([",".join(header)] + [
-        ",".join(f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in header) for r in rows]) + "\n")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in header] for r in rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def time_vector_env(task_id: str, kind: str, num_envs: int, steps: int, seed: int = 0) -> float:
@@ -69,8 +79,9 @@ def bench_envs(task_id: str, num_envs: list[int], steps: int, out: Path) -> list
     return rows
 
 
-def bench_bc(tasks: list[str], seeds: list[int], steps: int, episodes: int, out: Path) -> list[dict]:
-    """BC on each task's medium demonstrations, one pre-training run per seed; resumable.
+def bench_bc(tasks: list[str], seeds: list[int], steps: int, episodes: int, out: Path,
+             device: torch.device | str = "auto") -> list[dict]:
+    """BC on each task's medium demonstrations, one pre-training run per seed on ``device``; resumable.
 
     The dataset ``out/data/<task>-medium.npz`` is made from the shipped expert (demo seed 0) if
     missing; a run whose ``summary.json`` exists is not repeated. The table aggregates every
@@ -90,7 +101,7 @@ def bench_bc(tasks: list[str], seeds: list[int], steps: int, episodes: int, out:
         for seed in seeds:
             run = out / "runs" / task / f"seed{seed}"
             if not (run / "summary.json").is_file():
-                pretrain(PretrainConfig(dataset=str(data), steps=steps, seed=seed), run)
+                pretrain(PretrainConfig(dataset=str(data), steps=steps, seed=seed), run, device)
     return write_bc_table(out)
 
 
@@ -119,8 +130,8 @@ def write_bc_table(out: Path) -> list[dict]:
     return rows
 
 
-def bench_critic_entropy(tasks: list[str], repeats: int, out: Path) -> list[dict]:
-    """Median wall time of one SWFP critic update with ``critic_entropy="none"`` vs ``"exact"``.
+def bench_critic_entropy(tasks: list[str], repeats: int, out: Path, device: torch.device | str = "auto") -> list[dict]:
+    """Median wall time of one SWFP critic update with ``critic_entropy="none"`` vs ``"exact"``, on ``device``.
 
     ``"exact"`` needs the cascade's log-density of every target action: K Jacobians per sample.
     The networks have each task's default sizes (base flow K = 10, batch 256); weights are random,
@@ -133,16 +144,18 @@ def bench_critic_entropy(tasks: list[str], repeats: int, out: Path) -> list[dict
     from swfp.buffer import Batch
     from swfp.cascade import Cascade
     from swfp.critic import Critic, CriticConfig
+    from swfp.devices import describe_device, resolve_device
     from swfp.envs import env_dims
     from swfp.flow import FlowConfig, FlowPolicy
 
+    device = resolve_device(device)
     rows = []
     for task in tasks:
         obs_dim, act_dim = env_dims(task)
-        cascade = Cascade(FlowPolicy(obs_dim, act_dim, FlowConfig(hidden_dims=task_spec(task).hidden_dims)))
-        critic = Critic(obs_dim, act_dim, CriticConfig())
+        cascade = Cascade(FlowPolicy(obs_dim, act_dim, FlowConfig(hidden_dims=task_spec(task).hidden_dims))).to(device)
+        critic = Critic(obs_dim, act_dim, CriticConfig(), device)
         batch = Batch(torch.randn(256, obs_dim), torch.rand(256, act_dim) * 2 - 1, torch.randn(256),
-                      torch.randn(256, obs_dim), torch.zeros(256))
+                      torch.randn(256, obs_dim), torch.zeros(256)).to(device)
         row = {"task": task, "act_dim": act_dim}
         for mode in ("none", "exact"):
             times = []
@@ -157,10 +170,10 @@ def bench_critic_entropy(tasks: list[str], repeats: int, out: Path) -> list[dict
         row["exact_over_none"] = row["exact_ms"] / row["none_ms"]
         rows.append(row)
     out = Path(out)
-    write_run_metadata(out, {"tasks": tasks, "repeats": repeats}, seed=0, kind="bench-critic-entropy")
+    write_run_metadata(out, {"tasks": tasks, "repeats": repeats}, seed=0, kind="bench-critic-entropy", device=device)
     write_rows_csv(out / "critic_entropy.csv", rows)
-    lines = [f"SWFP critic update (batch 256, K = 10, {os.cpu_count()} cores, torch threads "
-             f"{torch.get_num_threads()}), median of {repeats}", "",
+    lines = [f"SWFP critic update (batch 256, K = 10, on {describe_device(device)}, {os.cpu_count()} cores, torch "
+             f"threads {torch.get_num_threads()}), median of {repeats}", "",
              "| task | action dim | entropy none (ms) | entropy exact (ms) | exact / none |",
              "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['task']} | {r['act_dim']} | {r['none_ms']:.1f} | {r['exact_ms']:.1f} | {r['exact_over_none']:.1f} |"
@@ -177,7 +190,8 @@ def paired_change(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
     return float(diff.mean()), float(half)
 
 
-def bench_compaction(run: Path, episodes: int, state_episodes: int, steps: int, seed: int, out: Path) -> dict:
+def bench_compaction(run: Path, episodes: int, state_episodes: int, steps: int, seed: int, out: Path,
+                     device: torch.device | str = "auto") -> dict:
     """Does compaction keep the policy? A cascade and its compacted flow, measured side by side.
 
     The policy of ``run`` (a SWFP run directory, finished or checkpointed, whose cascade holds blocks)
@@ -198,10 +212,12 @@ def bench_compaction(run: Path, episodes: int, state_episodes: int, steps: int, 
     import torch
 
     from swfp.cascade import Cascade, compact
+    from swfp.devices import generator, resolve_device
     from swfp.evaluate import evaluate
     from swfp.policy import Policy
 
-    policy = Policy.load(Path(run))
+    device = resolve_device(device)
+    policy = Policy.load(Path(run), device)
     cascade = policy.cascade
     if cascade.num_blocks == 0:
         raise ValueError(f"the policy in {run} has no blocks, so there is nothing to compact; pass a SWFP run "
@@ -220,17 +236,17 @@ def bench_compaction(run: Path, episodes: int, state_episodes: int, steps: int, 
 
     _, fit_states = play(policy, False, seed + 2_000_000, state_episodes)
     start = time.perf_counter()
-    new_base = compact(cascade, fit_states, steps, generator=torch.Generator().manual_seed(seed))
+    new_base = compact(cascade, fit_states, steps, generator=generator(device, seed))
     seconds = time.perf_counter() - start
-    compacted = Policy(Cascade(new_base), policy.task_id, policy.obs_mean.numpy(), policy.obs_std.numpy(),
-                       policy.action_low, policy.action_high, policy.action_chunk)
+    compacted = Policy(Cascade(new_base), policy.task_id, policy.obs_mean, policy.obs_std,
+                       policy.action_low, policy.action_high, policy.action_chunk, device)
 
     result = {"run": str(run), "task": policy.task_id, "blocks": cascade.num_blocks, "compaction_steps": steps,
               "fit_states": len(fit_states), "compaction_seconds": seconds, "episodes": episodes}
     paired = {label: (play(policy, deterministic, seed, episodes), play(compacted, deterministic, seed, episodes)[0])
               for label, deterministic in (("stochastic", False), ("deterministic", True))}
     heldout = paired["stochastic"][0][1]
-    noise = torch.randn(len(heldout), cascade.act_dim, generator=torch.Generator().manual_seed(seed + 1))
+    noise = torch.randn(len(heldout), cascade.act_dim, generator=generator(device, seed + 1), device=device)
     for label, ((before, _), after) in paired.items():
         change, half = paired_change(before, after)
         x0 = noise if label == "stochastic" else torch.zeros_like(noise)
@@ -245,7 +261,8 @@ def bench_compaction(run: Path, episodes: int, state_episodes: int, steps: int, 
 
     out = Path(out)
     write_run_metadata(out, {"run": str(run), "episodes": episodes, "state_episodes": state_episodes,
-                             "compaction_steps": steps, "seed": seed}, seed=seed, kind="bench-compaction")
+                             "compaction_steps": steps, "seed": seed}, seed=seed, kind="bench-compaction",
+                       device=device)
     atomic_write_json(out / "compaction.json", result)
     lines = [f"Compaction of `{run}` ({policy.task_id}, {cascade.num_blocks} blocks): {steps} steps on "
              f"{len(fit_states)} visited states, {seconds:.0f} s; returns paired over {episodes} episodes "

@@ -14,7 +14,10 @@ from what it holds: the parameters being trained with their gradients and two Ad
 (:func:`saved_graph_bytes`). The second is the part that grows with K for ``bptt``.
 
 Timings are medians over ``repeats`` calls after ``warmup`` calls, with ``threads`` torch threads
-(default 1, as every grid trial runs); ratios are taken between figures of the same run.
+(default 1, as every grid trial runs); ratios are taken between figures of the same run. Both benchmarks
+run on one device (``device``: every network and tensor of the figures is there) and name it in their
+tables and in a ``device`` column of their CSV; on CUDA every timed call waits for its queued kernels, so a
+figure is the work's, not only its launch's. Memory is counted the same way on any device.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from swfp.blocks import BlockConfig, JKOBlock
 from swfp.cascade import Cascade, draw_pool
 from swfp.live import LiveBlock, PrefixPool
 from swfp.critic import Critic
+from swfp.devices import describe_device, resolve_device, synchronize
 from swfp.envs import env_dims, task_spec
 from swfp.flow import FlowConfig, FlowPolicy
 from swfp.policy import Policy
@@ -71,17 +75,17 @@ def training_state_bytes(module: torch.nn.Module) -> int:
     return 4 * sum(p.nbytes for p in module.parameters())
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device = torch.device("cpu")) -> float:
     """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
-    return interleaved_medians({"fn": fn}, repeats, warmup)["fn"]
+    return interleaved_medians({"fn": fn}, repeats, warmup, device=device)["fn"]
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                        seed: int = 0) -> dict[str, float]:
+                        seed: int = 0, device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Median wall time (ms) of each function, timed in rounds (one call of each per round, in a fresh
     random order every round) after ``warmup`` rounds, so a change of load on the machine during the
     measurement, and whatever the previous call left in the caches, hits all alike and the ratios
-    between them stay fair."""
+    between them stay fair. Each call ends when the work it queued on ``device`` has run."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -90,8 +94,10 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name in rng.permutation(names):
+            synchronize(device)
             start = time.perf_counter()
             fns[name]()
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
@@ -107,11 +113,11 @@ def torch_threads(threads: int):
         torch.set_num_threads(previous)
 
 
-def machine_line(threads: int) -> str:
-    """The machine and how busy it was: timings on a shared machine are only comparable within a run."""
+def machine_line(threads: int, device: torch.device) -> str:
+    """The device, the machine and how busy it was: timings on a shared machine are only comparable within a run."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}, "
-            f"load average {load:.1f} when written")
+    return (f"on {describe_device(device)}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch threads {threads}, load average {load:.1f} when written")
 
 
 @dataclass
@@ -148,13 +154,15 @@ def _flow(obs_dim: int, act_dim: int, task: str, num_steps: int) -> FlowPolicy:
     return FlowPolicy(obs_dim, act_dim, FlowConfig(hidden_dims=task_spec(task).hidden_dims, num_steps=num_steps))
 
 
-def _random_policy(cascade: Cascade, task: str) -> Policy:
+def _random_policy(cascade: Cascade, task: str, device: torch.device) -> Policy:
     obs_dim, act_dim = cascade.obs_dim, cascade.act_dim
-    return Policy(cascade, task, np.zeros(obs_dim), np.ones(obs_dim), -np.ones(act_dim), np.ones(act_dim))
+    return Policy(cascade, task, np.zeros(obs_dim), np.ones(obs_dim), -np.ones(act_dim), np.ones(act_dim),
+                  device=device)
 
 
-def block_update(config: ComputeConfig, num_steps: int,
-                 earlier_blocks: int | None = None) -> tuple[Callable[[], object], Callable[[], object], float]:
+def block_update(config: ComputeConfig, num_steps: int, earlier_blocks: int | None = None,
+                 device: torch.device = torch.device("cpu"),
+                 ) -> tuple[Callable[[], object], Callable[[], object], float]:
     """SWFP on a cascade whose base has ``num_steps`` Euler steps and ``earlier_blocks`` blocks (default: the
     config's): one step of the
     live block at SWFP's default settings (equation (1) with the box term, Jacobian log-det included, the
@@ -167,12 +175,12 @@ def block_update(config: ComputeConfig, num_steps: int,
     block_config = swfp_config.block_config()
     cascade = Cascade(_flow(obs_dim, act_dim, config.task, num_steps),
                       [JKOBlock(obs_dim, act_dim, block_config) for _ in range(
-                          config.earlier_blocks if earlier_blocks is None else earlier_blocks)])
-    critic = Critic(obs_dim, act_dim, swfp_config.critic)
-    states = torch.randn(4 * config.batch_size, obs_dim)
-    pool = PrefixPool(obs_dim, act_dim, len(states))
+                          config.earlier_blocks if earlier_blocks is None else earlier_blocks)]).to(device)
+    critic = Critic(obs_dim, act_dim, swfp_config.critic, device)
+    states = torch.randn(4 * config.batch_size, obs_dim, device=device)
+    pool = PrefixPool(obs_dim, act_dim, len(states), device)
     pool.add(*draw_pool(cascade, states))
-    live, rng = LiveBlock(obs_dim, act_dim, block_config), np.random.default_rng(config.seed)
+    live, rng = LiveBlock(obs_dim, act_dim, block_config, device), np.random.default_rng(config.seed)
 
     def q_fn(obs, actions):
         return critic.value(obs, actions, members=slice(0, swfp_config.objective_members),
@@ -183,14 +191,14 @@ def block_update(config: ComputeConfig, num_steps: int,
             lambda: pool.redraw(cascade), memory + training_state_bytes(live.block))
 
 
-def bptt_update(config: ComputeConfig, num_steps: int) -> tuple[Callable[[], object], float]:
+def bptt_update(config: ComputeConfig, num_steps: int, device: torch.device) -> tuple[Callable[[], object], float]:
     """One ``bptt`` actor update (−Q back-propagated through all ``num_steps`` Euler steps, plus flow
     matching) on random replay data, and its memory in bytes."""
     from swfp.algorithms.bptt import BPTT, BPTTConfig
 
     obs_dim, act_dim = env_dims(config.task)
-    learner = BPTT(_random_policy(Cascade(_flow(obs_dim, act_dim, config.task, num_steps)), config.task), None,
-                   BPTTConfig(batch_size=config.batch_size))
+    learner = BPTT(_random_policy(Cascade(_flow(obs_dim, act_dim, config.task, num_steps)), config.task, device),
+                   None, BPTTConfig(batch_size=config.batch_size))
     rng = np.random.default_rng(config.seed)
     n = 4 * config.batch_size
     learner.observe(rng.normal(size=(n, obs_dim)), rng.uniform(-1, 1, (n, act_dim)), rng.normal(size=n),
@@ -199,14 +207,14 @@ def bptt_update(config: ComputeConfig, num_steps: int) -> tuple[Callable[[], obj
     return lambda: learner.actor_update(learner.sample_batch()), memory + training_state_bytes(learner.flow)
 
 
-def update_costs(config: ComputeConfig) -> list[dict]:
+def update_costs(config: ComputeConfig, device: torch.device) -> list[dict]:
     """Rows per K: SWFP's block step and bptt's actor update, time (interleaved) and memory, and their ratios."""
     fns, memory = {}, {}
     for k in config.euler_steps:
         fns[f"swfp_block_step_ms/{k}"], fns[f"swfp_pool_draw_ms/{k}"], memory[f"swfp_block_memory_mb/{k}"] = \
-            block_update(config, k)
-        fns[f"bptt_actor_update_ms/{k}"], memory[f"bptt_memory_mb/{k}"] = bptt_update(config, k)
-    figures = {**interleaved_medians(fns, config.repeats, config.warmup),
+            block_update(config, k, device=device)
+        fns[f"bptt_actor_update_ms/{k}"], memory[f"bptt_memory_mb/{k}"] = bptt_update(config, k, device)
+    figures = {**interleaved_medians(fns, config.repeats, config.warmup, device=device),
                **{name: value / 2**20 for name, value in memory.items()}}
     rows = []
     for k in config.euler_steps:
@@ -214,11 +222,11 @@ def update_costs(config: ComputeConfig) -> list[dict]:
                                     if name.endswith(f"/{k}")}}
         row["bptt_over_swfp_time"] = row["bptt_actor_update_ms"] / row["swfp_block_step_ms"]
         row["bptt_over_swfp_memory"] = row["bptt_memory_mb"] / row["swfp_block_memory_mb"]
-        rows.append(row)
+        rows.append({**row, "device": describe_device(device)})
     return rows
 
 
-def inference_latency(config: ComputeConfig) -> list[dict]:
+def inference_latency(config: ComputeConfig, device: torch.device) -> list[dict]:
     """Latency of ``Policy.normalized_actions`` (what collection and evaluation call) after n appended blocks.
 
     Without compaction the cascade holds all n blocks; with compaction (at ``max_blocks``) it holds
@@ -227,27 +235,28 @@ def inference_latency(config: ComputeConfig) -> list[dict]:
     Every setting is timed in the same round-robin.
     """
     obs_dim, act_dim = env_dims(config.task)
-    base = _flow(obs_dim, act_dim, config.task, FlowConfig().num_steps)
-    blocks = [JKOBlock(obs_dim, act_dim, BlockConfig()) for _ in range(max(config.block_counts))]
+    base = _flow(obs_dim, act_dim, config.task, FlowConfig().num_steps).to(device)
+    blocks = [JKOBlock(obs_dim, act_dim, BlockConfig()).to(device) for _ in range(max(config.block_counts))]
     rng = np.random.default_rng(config.seed)
     observations = {b: rng.normal(size=(b, obs_dim)).astype(np.float32) for b in config.inference_batches}
     fns = {}
     for n in config.block_counts:
         for label, kept in (("no_compaction", n), ("compaction", n % config.max_blocks)):
-            policy = _random_policy(Cascade(base, blocks[:kept]), config.task)
+            policy = _random_policy(Cascade(base, blocks[:kept]), config.task, device)
             for batch, obs in observations.items():
                 fns[f"{label}_batch{batch}_ms/{n}"] = lambda policy=policy, obs=obs: policy.normalized_actions(obs)
-    medians = interleaved_medians(fns, config.repeats, config.warmup)
+    medians = interleaved_medians(fns, config.repeats, config.warmup, device=device)
     rows = [{"blocks": n, **{name.split("/")[0]: value for name, value in medians.items() if name.endswith(f"/{n}")}}
             for n in config.block_counts]
     for row in rows:
         for batch in config.inference_batches:
             row[f"no_compaction_batch{batch}_over_0_blocks"] = (row[f"no_compaction_batch{batch}_ms"]
                                                                 / rows[0][f"no_compaction_batch{batch}_ms"])
+        row["device"] = describe_device(device)
     return rows
 
 
-def chain_costs(config: ComputeConfig) -> list[dict]:
+def chain_costs(config: ComputeConfig, device: torch.device) -> list[dict]:
     """Rows per number of earlier blocks (at the default K): the live block's step and the pool redraw, time
     (interleaved) and memory. The step reads the pool only, so its time and memory stay flat; the redraw
     (once per block) runs the chain and grows with it."""
@@ -255,33 +264,38 @@ def chain_costs(config: ComputeConfig) -> list[dict]:
     k = FlowConfig().num_steps
     for n in config.block_counts:
         fns[f"swfp_block_step_ms/{n}"], fns[f"swfp_pool_draw_ms/{n}"], memory[f"swfp_block_memory_mb/{n}"] = \
-            block_update(config, k, earlier_blocks=n)
-    figures = {**interleaved_medians(fns, config.repeats, config.warmup),
+            block_update(config, k, earlier_blocks=n, device=device)
+    figures = {**interleaved_medians(fns, config.repeats, config.warmup, device=device),
                **{name: value / 2**20 for name, value in memory.items()}}
     return [{"earlier_blocks": n, "euler_steps": k, **{name.split("/")[0]: value for name, value in figures.items()
-                                                        if name.endswith(f"/{n}")}} for n in config.block_counts]
+                                                        if name.endswith(f"/{n}")}, "device": describe_device(device)}
+            for n in config.block_counts]
 
 
-def bench_compute(config: ComputeConfig, out: Path) -> dict[str, list[dict]]:
-    """Measure both tables; write ``compute_updates.csv``, ``compute_inference.csv``, ``compute.md`` and plots."""
+def bench_compute(config: ComputeConfig, out: Path, device: torch.device | str = "auto") -> dict[str, list[dict]]:
+    """Measure both tables on ``device``; write ``compute_updates.csv``, ``compute_inference.csv``, ``compute.md``
+    and plots."""
     from swfp.bench import write_rows_csv
 
+    device = resolve_device(device)
     torch.manual_seed(config.seed)
     with torch_threads(config.threads):
-        updates, chain, inference = update_costs(config), chain_costs(config), inference_latency(config)
+        updates, chain = update_costs(config, device), chain_costs(config, device)
+        inference = inference_latency(config, device)
     out = Path(out)
-    write_run_metadata(out, asdict(config), config.seed, kind="bench-compute")
+    write_run_metadata(out, asdict(config), config.seed, kind="bench-compute", device=device)
     write_rows_csv(out / "compute_updates.csv", updates)
     write_rows_csv(out / "compute_chain.csv", chain)
     write_rows_csv(out / "compute_inference.csv", inference)
-    atomic_write_text(out / "compute.md", compute_markdown(config, updates, chain, inference))
+    atomic_write_text(out / "compute.md", compute_markdown(config, updates, chain, inference, device))
     plot_compute(config, updates, inference, out)
     return {"updates": updates, "chain": chain, "inference": inference}
 
 
-def compute_markdown(config: ComputeConfig, updates: list[dict], chain: list[dict], inference: list[dict]) -> str:
+def compute_markdown(config: ComputeConfig, updates: list[dict], chain: list[dict], inference: list[dict],
+                     device: torch.device) -> str:
     lines = [f"Update cost against K, {config.task} network sizes, batch {config.batch_size}, "
-             f"median of {config.repeats} ({machine_line(config.threads)})", "",
+             f"median of {config.repeats} ({machine_line(config.threads, device)})", "",
              "| K | SWFP block step (ms) | bptt actor update (ms) | bptt / SWFP time | SWFP block memory (MB) | "
              "bptt memory (MB) | bptt / SWFP memory | SWFP pool draw, once per block (ms) |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -344,7 +358,7 @@ def plot_compute(config: ComputeConfig, updates: list[dict], inference: list[dic
 
 
 # -- the fine-tuning loop's cost ---------------------------------------------------------------------
-PHASES = ("collect", "critic", "actor", "eval", "log")
+PHASES = ("collect", "critic", "actor", "transfer", "eval", "log")
 
 
 @dataclass
@@ -378,23 +392,27 @@ class LoopConfig:
 
 def loop_split(summary: dict) -> dict[str, float]:
     """Seconds per env step by phase from a run's summary: the runner's collection, evaluation and logging
-    (logging + checkpoints), and the learner's critic and actor time (its updates minus the critic's
-    and the replay sampling, plus SWFP's blocks); "other" is the rest of the learner's ``train``."""
+    (logging + checkpoints), the host↔device copies of them all (``transfer``: observations, actions and replay
+    batches, taken out of the other phases by the runner), and the learner's critic and actor time (its updates
+    minus the critic's and the replay sampling, plus SWFP's blocks); "other" is the rest of the learner's
+    ``train``. The learner's clocks include the batches' copies (in its replay sampling, so never in critic or
+    actor), the runner's ``train`` does not, so "other" is net of them."""
     per_step = summary["seconds_per_env_step"]
     steps = summary["env_steps"]
     status = summary["status"]
     critic = status.get("critic_seconds", 0.0) / steps
     actor = (status.get("update_seconds", 0.0) - status.get("replay_seconds", 0.0)
              + status.get("block_seconds", 0.0)) / steps - critic
-    return {"collect": per_step["collect"], "critic": critic, "actor": actor, "eval": per_step["eval"],
-            "log": per_step["log"] + per_step["checkpoint"],
+    return {"collect": per_step["collect"], "critic": critic, "actor": actor, "transfer": per_step["transfer"],
+            "eval": per_step["eval"], "log": per_step["log"] + per_step["checkpoint"],
             "other": per_step["train"] - critic - actor}
 
 
 def loop_floor(learner, summary: dict, config: LoopConfig) -> dict[str, float]:
     """The same work measured alone, per env step: one environment step plus one batch-1 action
-    (collection), ``utd_ratio`` critic updates, the method's actor update (or SWFP's block training,
-    amortised over its interval); evaluation and logging have no floor (they are the work itself)."""
+    (collection, its copies included), ``utd_ratio`` critic updates, the method's actor update (or SWFP's block
+    training, amortised over its interval), ``utd_ratio`` copies of a replay batch to the device (transfer);
+    evaluation and logging have no floor (they are the work itself)."""
     from swfp.envs import make_env
 
     env = make_env(summary["task"])
@@ -406,33 +424,41 @@ def loop_floor(learner, summary: dict, config: LoopConfig) -> dict[str, float]:
         if terminated or truncated:
             env.reset()
 
+    device = learner.device
     obs = np.zeros((1, learner.obs_dim), dtype=np.float32)
-    collect = median_ms(env_step, config.repeats, 5) + median_ms(lambda: learner.act(obs), config.repeats, 5)
+    collect = (median_ms(env_step, config.repeats, 5)
+               + median_ms(lambda: learner.act(obs), config.repeats, 5, device))
     env.close()
     utd = getattr(learner.config, "utd_ratio", 1)
+    host_batch = learner.replay.sample(learner.config.batch_size, learner.rng)
+    transfer = utd * median_ms(lambda: host_batch.to(device), config.repeats, 5, device)
     batch = learner.sample_batch()  # replay sampling is "other", in the loop as here
-    critic = utd * median_ms(lambda: learner.td_update(batch), config.repeats, 5)
+    critic = utd * median_ms(lambda: learner.td_update(batch), config.repeats, 5, device)
     if hasattr(learner, "improve"):  # SWFP: one block (train, measure, maybe compact) per block_every steps
+        synchronize(device)
         start = time.perf_counter()
         learner.improve()
+        synchronize(device)
         actor = 1000 * (time.perf_counter() - start) / learner.block_every
     elif hasattr(learner, "actor_update"):
-        actor = utd * median_ms(lambda: learner.actor_update(batch), config.repeats, 5)
+        actor = utd * median_ms(lambda: learner.actor_update(batch), config.repeats, 5, device)
     else:
-        actor = utd * median_ms(lambda: learner.update(batch), config.repeats, 5) - critic
-    return {"collect": collect / 1000, "critic": critic / 1000, "actor": actor / 1000}
+        actor = utd * median_ms(lambda: learner.update(batch), config.repeats, 5, device) - critic
+    return {"collect": collect / 1000, "critic": critic / 1000, "actor": actor / 1000, "transfer": transfer / 1000}
 
 
-def bench_loop(config: LoopConfig, out: Path) -> list[dict]:
-    """Run the fine-tuning, then the floor; write ``loop.csv``, ``loop.md`` and ``loop.png`` under ``out``."""
+def bench_loop(config: LoopConfig, out: Path, device: torch.device | str = "auto") -> list[dict]:
+    """Run the fine-tuning on ``device``, then the floor; write ``loop.csv``, ``loop.md`` and ``loop.png`` under
+    ``out``."""
     from swfp.algorithms import get_algorithm, make_config
     from swfp.bench import write_rows_csv
 
+    device = resolve_device(device)
     out = Path(out)
     with torch_threads(config.threads):
         learner = get_algorithm(config.algo).from_pretrained(config.pretrained,
                                                              config=make_config(config.algo, config.settings),
-                                                             total_env_steps=config.budget)
+                                                             total_env_steps=config.budget, device=device)
         learner.rng = np.random.default_rng(config.seed)
         run_config = RunConfig(task=learner.policy().task_id, total_env_steps=config.env_steps, seed=config.seed,
                                eval_every=max(config.budget // 20, 1),
@@ -445,10 +471,11 @@ def bench_loop(config: LoopConfig, out: Path) -> list[dict]:
              "alone_ms": 1000 * floor[phase] if phase in floor else float("nan")} for phase in (*PHASES, "other")]
     total = sum(r["in_loop_ms"] for r in rows)
     rows.append({"phase": "total", "in_loop_ms": total, "alone_ms": sum(1000 * v for v in floor.values())})
-    write_run_metadata(out, asdict(config), config.seed, kind="bench-loop")
+    rows = [{**row, "device": describe_device(device)} for row in rows]
+    write_run_metadata(out, asdict(config), config.seed, kind="bench-loop", device=device)
     write_rows_csv(out / "loop.csv", rows)
     lines = [f"Wall time per environment step, {config.algo} on {summary['task']}: the first {config.env_steps} env "
-             f"steps of a {config.budget}-step run ({machine_line(config.threads)})", "",
+             f"steps of a {config.budget}-step run ({machine_line(config.threads, device)})", "",
              "| phase | in the loop (ms/env step) | measured alone (ms/env step) | loop / alone |",
              "| --- | ---: | ---: | ---: |"]
     for r in rows:
@@ -457,7 +484,9 @@ def bench_loop(config: LoopConfig, out: Path) -> list[dict]:
         lines.append(f"| {r['phase']} | {r['in_loop_ms']:.2f} | {alone} | {ratio} |")
     lines += ["", "collect: one env step and one batch-1 action; critic: utd_ratio TD updates (target actions from "
               "the policy included); actor: the method's policy update (SWFP: block training and measurement, and "
-              "compaction, amortised over the env steps between blocks); log: CSV/TensorBoard and checkpoints; "
+              "compaction, amortised over the env steps between blocks); transfer: every host↔device copy of the "
+              "loop (observations to the device, actions back, replay batches to the device; alone: utd_ratio "
+              "batch copies; no copy at all on the CPU); log: CSV/TensorBoard and checkpoints; "
               "other: the rest of the learner's train() (replay sampling and bookkeeping).",
               "", f"Once, before the loop: the critic's warm-up on the demonstrations, "
               f"{summary['status'].get('warmup_seconds', 0.0):.0f} s."]

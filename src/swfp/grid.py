@@ -67,10 +67,13 @@ class GridConfig:
     num_envs: int = 1
     datasets: dict[str, str] = field(default_factory=dict)  # task -> demonstrations (else made from the expert)
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # algo -> {KEY: VALUE} for its --set
+    device: str = "auto"  # every job's --device, as named: each job resolves it on the machine it runs on
 
     def __post_init__(self):
         from swfp.algorithms import get_algorithm
+        from swfp.devices import resolve_device
 
+        resolve_device(self.device)  # an unknown name, or CUDA on a machine without it, fails before anything runs
         if not (self.tasks and self.algos and self.seeds):
             raise ValueError("a grid needs at least one task, one algorithm and one seed")
         for algo in self.algos:
@@ -110,7 +113,7 @@ def pretrain_jobs(config: GridConfig, out: Path) -> list[Job]:
             state = "done" if (run / "summary.json").is_file() else "new"
             jobs.append(Job(f"pretrain {task} seed {seed}", _swfp(
                 "pretrain", "--dataset", dataset, "--task", task, "--steps", str(config.pretrain_steps), "--seed",
-                str(seed), "--out", str(run)), run, state))
+                str(seed), "--device", config.device, "--out", str(run)), run, state))
     return jobs
 
 
@@ -123,7 +126,7 @@ def trial_jobs(config: GridConfig, out: Path) -> list[Job]:
                 # The grid's own demonstrations, not the path in the pre-trained run's config.json: the
                 # BC flows may come from another grid or machine (``pretrain`` may be a link to them).
                 common = [str(out / "pretrain" / task / f"seed{seed}"), "--dataset", dataset_path(config, out, task),
-                          "--out", str(run)]
+                          "--device", config.device, "--out", str(run)]
                 if (run / "summary.json").is_file():
                     state, args = "done", []
                 elif (run / "checkpoint.pt").is_file():
