@@ -10,13 +10,16 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from swfp.data import DatasetError
 from swfp.envs import TaskError
 from swfp.flow import InversionError
 from swfp.runio import CheckpointError
 from swfp.runner import RunStopped
+
+if TYPE_CHECKING:  # torch is imported by the commands that use it: `swfp --help` stays fast
+    import torch
 
 
 def _positive(kind):
@@ -33,6 +36,36 @@ def _nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+def device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device``: where a command's networks and tensors live (environments and replay stay on the host)."""
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N (default auto)")
+
+
+def threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's CPU threads. One by default: a small MLP's update gains little from more, and
+    torch's default (one per core) oversubscribes a machine running other jobs (measured 20x slower)."""
+    p.add_argument("--threads", type=_positive(int), default=1,
+                   help="torch CPU threads (default 1: fastest per core for these networks, and shares a busy machine)")
+
+
+def device_and_threads_arguments(p: argparse.ArgumentParser) -> None:
+    device_argument(p)
+    threads_argument(p)
+
+
+def torch_setup(args) -> torch.device:
+    """Resolve ``--device`` (an unknown or absent one is a ValueError naming the fix: exit code 2) and apply
+    ``--threads``; the run directory's ``meta.json`` records both."""
+    import torch
+
+    from swfp.devices import resolve_device
+
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    return device
 
 
 @dataclass(frozen=True)
@@ -73,23 +106,22 @@ def expert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a field of the expert's config, e.g. --set learning_starts=1000 or --set choice.shortlist=8 "
                         "(the sac baseline's fields, `swfp algos --config sac`, and choice.*); repeatable")
-    p.add_argument("--threads", type=_positive(int), default=1, help="torch threads (default 1)")
+    device_and_threads_arguments(p)
     p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
     p.add_argument("--resume", action="store_true",
-                   help="continue a stopped or killed run from its checkpoint, with the settings it started with")
+                   help="continue a stopped or killed run from its checkpoint, with the settings it started with "
+                        "(on this command's --device and --threads)")
 
 
 @command("expert", "train a Gaussian SAC expert, resumable; ship its best snapshot and a medium one", expert_arguments)
 def cmd_expert(args) -> int:
-    import torch
-
     from swfp.algorithms import build_config
     from swfp.envs import task_spec
     from swfp.expert import ExpertConfig, expert_run_config, train_expert
     from swfp.runio import read_json
     from swfp.runner import CHECKPOINT, RunConfig
 
-    torch.set_num_threads(args.threads)
+    device = torch_setup(args)
     out = Path(args.out)
     settings = {"task": args.task, "env_steps": args.env_steps, "seed": args.seed, "eval_every": args.eval_every,
                 "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every}
@@ -108,7 +140,7 @@ def cmd_expert(args) -> int:
         given["env_steps"] = given.get("env_steps") or task_spec(args.task).expert_env_steps
         config = build_config(ExpertConfig, parse_set(args.set))
         run_config = expert_run_config(**given)
-    choice = train_expert(config, run_config, out, resume=args.resume)
+    choice = train_expert(config, run_config, out, resume=args.resume, device=device)
     expert, medium = choice["expert"], choice["medium"]
     print(f"expert {choice['task']}: snapshot at step {expert['step']}, stochastic return "
           f"{expert['evaluation']['return_mean']:.1f} ± {expert['evaluation']['return_std']:.1f}; medium at step "
@@ -209,6 +241,7 @@ def pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=_nonnegative_int, default=0, help="gradient steps between evaluations")
     p.add_argument("--eval-episodes", type=_positive(int), default=None)
     p.add_argument("--seed", type=_nonnegative_int, default=0)
+    device_and_threads_arguments(p)
     p.add_argument("--out", required=True, help="run directory to write")
 
 
@@ -221,7 +254,7 @@ def cmd_pretrain(args) -> int:
                             hidden_dims=tuple(args.hidden_dims) if args.hidden_dims else None,
                             eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
                             **({} if args.lr is None else {"lr": args.lr}))
-    summary = pretrain(config, Path(args.out))
+    summary = pretrain(config, Path(args.out), torch_setup(args))
     print_comparison(summary)
     return 0
 
@@ -252,6 +285,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="the method's deterministic action (a flow's chain from the noise mean x0 = 0)")
     p.add_argument("--video", default=None, help="directory for an MP4 of the first episode")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    device_and_threads_arguments(p)
 
 
 @command("eval", "evaluate any run's policy (or reproduce its last evaluation with --recorded)", eval_arguments)
@@ -259,7 +293,7 @@ def cmd_eval(args) -> int:
     from swfp.evaluate import evaluate_seeded, recorded_evaluation
     from swfp.loader import load
 
-    policy = load(args.run)
+    policy = load(args.run, torch_setup(args))
     if args.recorded:
         if args.episodes is not None or args.seed is not None:
             raise ValueError("--recorded takes the episodes and seed the run recorded; drop --episodes and --seed")
@@ -330,8 +364,11 @@ def finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-steps", type=_positive(int), default=300_000)
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run from its last checkpoint (on this command's --device, whichever "
+                        "device started it)")
     p.add_argument("--dataset", default=None, help="demonstrations (default: the pre-training dataset)")
+    device_and_threads_arguments(p)
     p.add_argument("--num-envs", type=_positive(int), default=1)
     p.add_argument("--eval-every", type=_positive(int), default=None, help="env steps (default: 1/20 of the run)")
     p.add_argument("--eval-episodes", type=_positive(int), default=None)
@@ -363,13 +400,15 @@ def cmd_finetune(args) -> int:
     from swfp.runio import read_json
 
     out = Path(args.out)
+    device = torch_setup(args)
     if args.resume:
         saved = read_json(out / "config.json")
         algo, run = saved["algorithm"], saved["run"]
         if args.algo is not None and args.algo != algo:
             raise ValueError(f"{out} is a {algo} run; resume it with --algo {algo} (or without --algo)")
         learner = get_algorithm(algo).from_pretrained(args.run, config=make_config(algo, saved=saved["config"]),
-                                                      dataset=args.dataset, total_env_steps=run["total_env_steps"])
+                                                      dataset=args.dataset, total_env_steps=run["total_env_steps"],
+                                                      device=device)
         summary = learner.learn(out=out, seed=run["seed"], num_envs=run["num_envs"], eval_every=run["eval_every"],
                                 eval_episodes=run["eval_episodes"], checkpoint_every=run["checkpoint_every"],
                                 resume=True)
@@ -380,7 +419,7 @@ def cmd_finetune(args) -> int:
         args.algo = args.algo or "swfp"
         config = make_config(args.algo, finetune_overrides(args, args.algo))
         learner = get_algorithm(args.algo).from_pretrained(args.run, config=config, dataset=args.dataset,
-                                                           total_env_steps=args.env_steps)
+                                                           total_env_steps=args.env_steps, device=device)
         summary = learner.learn(out=out, seed=args.seed, num_envs=args.num_envs, eval_every=args.eval_every,
                                 eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every)
     print_finetune_summary(summary, out)
@@ -438,6 +477,7 @@ def quickstart_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-episodes", type=_positive(int), default=20, help="final evaluation episodes per policy")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="an SWFP hyper-parameter (swfp algos --config swfp)")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
+    device_and_threads_arguments(p)
     p.add_argument("--out", default="runs/quickstart")
 
 
@@ -455,17 +495,18 @@ def cmd_quickstart(args) -> int:
     from swfp.pretrain import PretrainConfig, pretrain
 
     task, out = "Hopper-v5", Path(args.out)
+    device = torch_setup(args)
     data = out / "hopper-v5-medium.npz"
     if not data.is_file():
         generate_demos(task, shipped_expert_dir(task), "medium", args.episodes, seed=0).save(data)
     print_comparison(pretrain(PretrainConfig(dataset=str(data), steps=args.steps, seed=args.seed,
-                                             eval_episodes=args.eval_episodes), out / "bc"))
+                                             eval_episodes=args.eval_episodes), out / "bc", device))
     agent = SWFP.from_pretrained(out / "bc", config=make_config("swfp", finetune_overrides(args, "swfp")),
-                                 total_env_steps=args.env_steps)
+                                 total_env_steps=args.env_steps, device=device)
     summary = agent.learn(out=out / "swfp", seed=args.seed, eval_every=max(args.env_steps // 5, 1),
                           eval_episodes=args.eval_episodes)
     results = {}
-    for label, policy in (("flow BC", Policy.load(out / "bc")), ("SWFP", agent.policy())):
+    for label, policy in (("flow BC", Policy.load(out / "bc", device)), ("SWFP", agent.policy())):
         for deterministic in (False, True):
             returns = evaluate_seeded(policy, task, args.eval_episodes, args.seed + 2_000_000, deterministic).returns
             results[label, deterministic] = (float(returns.mean()), mean_half_width(returns))
@@ -526,6 +567,7 @@ def bench_bc_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=_positive(int), default=20_000, help="pre-training steps per run")
     p.add_argument("--episodes", type=_positive(int), default=50, help="medium episodes per dataset")
+    device_and_threads_arguments(p)
     p.add_argument("--out", default="benchmarks/results/bc")
 
 
@@ -533,7 +575,7 @@ def bench_bc_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_bench_bc(args) -> int:
     from swfp.bench import bench_bc
 
-    bench_bc(args.tasks, args.seeds, args.steps, args.episodes, Path(args.out))
+    bench_bc(args.tasks, args.seeds, args.steps, args.episodes, Path(args.out), torch_setup(args))
     print((Path(args.out) / "bc.md").read_text())
     return 0
 
@@ -551,6 +593,8 @@ def bench_grid_arguments(p: argparse.ArgumentParser) -> None:
                    help="demonstrations for a task (default: medium data made from the shipped expert)")
     p.add_argument("--eval-episodes", type=_positive(int), default=None)
     p.add_argument("--num-envs", type=_positive(int), default=1)
+    p.add_argument("--device", default="auto",
+                   help="every pre-training's and trial's --device (default auto; each job has one torch thread)")
     p.add_argument("--set", action="append", metavar="ALGO:KEY=VALUE",
                    help="a hyper-parameter of one method's trials, e.g. swfp:tau=0.05; repeatable")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
@@ -591,7 +635,7 @@ def cmd_bench_grid(args) -> int:
             raise ValueError(f"--set takes ALGO:KEY=VALUE, got {item!r}")
         settings.setdefault(algo, {})[key] = value
     config = GridConfig(**chosen, pretrain_steps=args.pretrain_steps, eval_episodes=args.eval_episodes,
-                        num_envs=args.num_envs, datasets=datasets, settings=settings)
+                        num_envs=args.num_envs, datasets=datasets, settings=settings, device=args.device)
     rows = run_grid(config, Path(args.out), args.executor, args.workers, args.ray_address,
                     None if args.stop_after is None else 60 * args.stop_after)
     table = Table(title=f"grid {args.out}: {sum(r['state'] == 'done' for r in rows)} of {len(rows)} trials done")
@@ -650,9 +694,10 @@ def cmd_bench_compare(args) -> int:
 
 
 def _timing_arguments(p: argparse.ArgumentParser, repeats: int, out: str) -> None:
-    """``--repeats``, ``--threads`` and ``--out`` of the timing benchmarks (compute, loop)."""
+    """``--repeats``, ``--threads``, ``--device`` and ``--out`` of the timing benchmarks (compute, loop)."""
     p.add_argument("--repeats", type=_positive(int), default=repeats, help="timed calls per figure (median)")
     p.add_argument("--threads", type=_positive(int), default=1, help="torch threads (grid trials use 1)")
+    device_argument(p)
     p.add_argument("--out", default=out)
 
 
@@ -667,10 +712,11 @@ def bench_compute_arguments(p: argparse.ArgumentParser) -> None:
          bench_compute_arguments)
 def cmd_bench_compute(args) -> int:
     from swfp.compute import ComputeConfig, bench_compute
+    from swfp.devices import resolve_device
 
     config = ComputeConfig(task=args.task, euler_steps=args.euler_steps, block_counts=args.block_counts,
                            repeats=args.repeats, threads=args.threads)
-    bench_compute(config, Path(args.out))
+    bench_compute(config, Path(args.out), resolve_device(args.device))
     print((Path(args.out) / "compute.md").read_text())
     return 0
 
@@ -689,10 +735,12 @@ def bench_loop_arguments(p: argparse.ArgumentParser) -> None:
 @command("bench loop", "wall time per env step of a fine-tuning run by phase, against the floor", bench_loop_arguments)
 def cmd_bench_loop(args) -> int:
     from swfp.compute import LoopConfig, bench_loop
+    from swfp.devices import resolve_device
 
+    device = resolve_device(args.device)
     config = LoopConfig(pretrained=args.run, algo=args.algo, env_steps=args.env_steps, budget=args.budget, seed=args.seed,
                         repeats=args.repeats, threads=args.threads, settings=finetune_overrides(args, args.algo))
-    bench_loop(config, Path(args.out))
+    bench_loop(config, Path(args.out), device)
     print((Path(args.out) / "loop.md").read_text())
     return 0
 
@@ -738,6 +786,7 @@ def cmd_bench_experts(args) -> int:
 def bench_critic_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "Ant-v5"])
     p.add_argument("--repeats", type=_positive(int), default=30)
+    device_and_threads_arguments(p)
     p.add_argument("--out", default="benchmarks/results/critic")
 
 
@@ -745,7 +794,7 @@ def bench_critic_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_bench_critic(args) -> int:
     from swfp.bench import bench_critic_entropy
 
-    bench_critic_entropy(args.tasks, args.repeats, Path(args.out))
+    bench_critic_entropy(args.tasks, args.repeats, Path(args.out), torch_setup(args))
     print((Path(args.out) / "critic_entropy.md").read_text())
     return 0
 
@@ -757,6 +806,7 @@ def bench_compaction_arguments(p: argparse.ArgumentParser) -> None:
                    help="stochastic episodes of the cascade whose states the compaction is fitted on")
     p.add_argument("--steps", type=_positive(int), default=2000, help="compaction steps (SWFP's compaction_steps)")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
+    device_and_threads_arguments(p)
     p.add_argument("--out", required=True)
 
 
@@ -765,7 +815,8 @@ def bench_compaction_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_bench_compaction(args) -> int:
     from swfp.bench import bench_compaction
 
-    bench_compaction(Path(args.run), args.episodes, args.state_episodes, args.steps, args.seed, Path(args.out))
+    bench_compaction(Path(args.run), args.episodes, args.state_episodes, args.steps, args.seed, Path(args.out),
+                     torch_setup(args))
     print((Path(args.out) / "compaction.md").read_text())
     return 0
 

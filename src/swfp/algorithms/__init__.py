@@ -41,7 +41,7 @@ def make(name: str, pretrained, config=None, **kwargs) -> FineTuner:
     ``config`` is the method's config object, or a dict of its fields (nested ones as dicts, e.g.
     ``{"utd_ratio": 20, "critic": {"layer_norm": True}}``) set over its defaults exactly as ``--set`` sets
     them: a field's type is checked, and an unknown field is an error naming the valid ones. ``kwargs`` go
-    to ``from_pretrained`` (``dataset``, ``total_env_steps``).
+    to ``from_pretrained`` (``dataset``, ``total_env_steps``, ``device``).
     """
     if isinstance(config, dict):
         config = make_config(name, _dotted(config))
