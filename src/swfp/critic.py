@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from swfp.buffer import Batch
+from swfp.devices import resolve_device
 from swfp.nets import EnsembleLinear, ensemble_mlp
 
 
@@ -94,7 +95,7 @@ class Critic:
 
     def __init__(self, obs_dim: int, act_dim: int, config: CriticConfig, device: torch.device | str = "cpu"):
         self.config = config
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.q = QEnsemble(obs_dim, act_dim, config.hidden_dims, config.ensemble_size,
                            config.layer_norm).to(self.device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
@@ -103,7 +104,8 @@ class Critic:
     @torch.no_grad()
     def td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_prob: torch.Tensor | None = None,
                   alpha: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """``y = r + γ(1 − terminal)(min_i Q̄_i(s', a') − α·log π(a'|s'))`` (entropy term only if given)."""
+        """``y = r + γ^k (1 − terminal)(min_i Q̄_i(s', a') − α·log π(a'|s'))`` (entropy term only if given), with
+        ``k`` the environment steps the transition spans (1, or an action chunk's, :mod:`swfp.chunks`)."""
         members = slice(None)
         if self.config.target_subset is not None:  # only the drawn members' networks are evaluated
             drawn = torch.randperm(self.config.ensemble_size, device=self.device)
@@ -111,7 +113,7 @@ class Critic:
         next_v = self.target(batch.next_observations, next_actions, members).min(0).values
         if next_log_prob is not None:
             next_v = next_v - alpha * next_log_prob
-        return batch.rewards + self.config.gamma * (1 - batch.terminals) * next_v
+        return batch.rewards + self.config.gamma ** batch.steps * (1 - batch.terminals) * next_v
 
     def update(self, batch: Batch, next_actions: torch.Tensor, next_log_prob: torch.Tensor | None = None,
                alpha: float | torch.Tensor = 0.0) -> dict[str, float]:

@@ -57,11 +57,6 @@ def describe_device(device: torch.device) -> str:
     return str(device)
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device of a module's parameters (the CPU for one without any)."""
-    return next(module.parameters(), torch.empty(0)).device
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for the work queued on ``device`` (CUDA runs asynchronously; the CPU has nothing to wait for), so a
     timer read next has counted that work."""

@@ -30,6 +30,7 @@ import torch
 
 from swfp.blocks import BlockConfig, JKOBlock, QFunction, jko_objective, jko_terms
 from swfp.cascade import Cascade
+from swfp.devices import resolve_device
 
 
 class PrefixPool:
@@ -40,7 +41,7 @@ class PrefixPool:
         it holds normalised states already on the device, and ``capacity`` is small: 10,000 rows by default)."""
         if capacity < 1:
             raise ValueError(f"pool capacity must be >= 1, got {capacity}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.obs = torch.zeros(capacity, obs_dim, device=self.device)
         self.prefix = torch.zeros(capacity, act_dim, device=self.device)
         self.capacity, self.size, self.next = capacity, 0, 0

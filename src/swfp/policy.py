@@ -55,7 +55,7 @@ class EnvPolicy:
                  action_low: np.ndarray, action_high: np.ndarray, action_chunk: int = 1,
                  device: torch.device | str = "cpu"):
         self.task_id = task_id
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.obs_mean = torch.as_tensor(obs_mean, dtype=torch.float32).to(self.device)
         self.obs_std = torch.as_tensor(obs_std, dtype=torch.float32).to(self.device)
         self.action_low = np.asarray(action_low, dtype=np.float32)
@@ -77,7 +77,7 @@ class EnvPolicy:
 
     def to(self, device: torch.device | str) -> "EnvPolicy":
         """Move the policy to ``device`` in place (a subclass moves its networks too); returns it."""
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.obs_mean, self.obs_std = self.obs_mean.to(self.device), self.obs_std.to(self.device)
         return self
 
