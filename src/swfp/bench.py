@@ -155,7 +155,7 @@ def bench_critic_entropy(tasks: list[str], repeats: int, out: Path, device: torc
         cascade = Cascade(FlowPolicy(obs_dim, act_dim, FlowConfig(hidden_dims=task_spec(task).hidden_dims))).to(device)
         critic = Critic(obs_dim, act_dim, CriticConfig(), device)
         batch = Batch(torch.randn(256, obs_dim), torch.rand(256, act_dim) * 2 - 1, torch.randn(256),
-                      torch.randn(256, obs_dim), torch.zeros(256)).to(device)
+                      torch.randn(256, obs_dim), torch.zeros(256), torch.ones(256)).to(device)
         row = {"task": task, "act_dim": act_dim}
         for mode in ("none", "exact"):
             times = []

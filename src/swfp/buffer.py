@@ -1,5 +1,9 @@
-"""Replay: transitions ``(s, a, r, s', terminal)`` in a fixed-size numpy ring, and the mixture of
+"""Replay: transitions ``(s, a, r, s', terminal, steps)`` in a fixed-size numpy ring, and the mixture of
 demonstrations and online data that fine-tuning samples from.
+
+``steps`` is how many environment steps the transition spans: 1, or up to H for an action chunk
+(:mod:`swfp.chunks`), whose ``r`` is then the chunk's discounted reward and whose backup is discounted
+by ``γ^steps``.
 
 ``terminal`` is the environment's ``terminated`` flag only: a time-limit truncation keeps
 bootstrapping (Pardo et al., 2018, "Time Limits in Reinforcement Learning"). Actions are stored
@@ -28,6 +32,7 @@ class Batch:
     rewards: torch.Tensor
     next_observations: torch.Tensor
     terminals: torch.Tensor
+    steps: torch.Tensor
 
     def to(self, device: torch.device) -> "Batch":
         """The batch on ``device`` (the same tensors when they are there already): one copy per field."""
@@ -50,6 +55,7 @@ class ReplayBuffer:
         self.rewards = np.zeros(capacity, np.float32)
         self.next_observations = np.zeros((capacity, obs_dim), np.float32)
         self.terminals = np.zeros(capacity, np.float32)
+        self.steps = np.ones(capacity, np.float32)
         self.position = 0
         self.size = 0
         self.stride = 1  # transitions per add (the vector env's width): row i's s' is row i + stride's s
@@ -57,7 +63,7 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs, actions, rewards, next_obs, terminals) -> None:
+    def add(self, obs, actions, rewards, next_obs, terminals, steps=1) -> None:
         n = self.stride = len(obs)
         idx = (self.position + np.arange(n)) % self.capacity
         self.observations[idx] = obs
@@ -65,6 +71,7 @@ class ReplayBuffer:
         self.rewards[idx] = rewards
         self.next_observations[idx] = next_obs
         self.terminals[idx] = terminals
+        self.steps[idx] = steps
         self.position = int((self.position + n) % self.capacity)
         self.size = int(min(self.size + n, self.capacity))
 
@@ -72,22 +79,24 @@ class ReplayBuffer:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         idx = rng.integers(0, self.size, size=batch_size)
+        return self._rows(idx)
+
+    def _rows(self, idx: np.ndarray) -> Batch:
         return Batch(*(torch.from_numpy(a[idx]) for a in (
-            self.observations, self.actions, self.rewards, self.next_observations, self.terminals)))
+            self.observations, self.actions, self.rewards, self.next_observations, self.terminals, self.steps)))
 
     def recent(self, n: int) -> Batch:
         """The last ``min(n, size)`` transitions added, oldest first."""
         if self.size == 0:
             raise RuntimeError("the replay buffer is empty")
         idx = (self.position - 1 - np.arange(min(n, self.size))[::-1]) % self.capacity
-        return Batch(*(torch.from_numpy(a[idx]) for a in (
-            self.observations, self.actions, self.rewards, self.next_observations, self.terminals)))
+        return self._rows(idx)
 
     @classmethod
-    def from_transitions(cls, observations, actions, rewards, next_observations, terminals) -> "ReplayBuffer":
+    def from_transitions(cls, observations, actions, rewards, next_observations, terminals, steps=1) -> "ReplayBuffer":
         """A buffer filled exactly with the given transitions (e.g. a demonstration dataset)."""
         buffer = cls(observations.shape[1], actions.shape[1], capacity=max(len(rewards), 1))
-        buffer.add(observations, actions, rewards, next_observations, terminals)
+        buffer.add(observations, actions, rewards, next_observations, terminals, steps)
         return buffer
 
     def continues(self) -> np.ndarray:
@@ -108,7 +117,8 @@ class ReplayBuffer:
         rows = np.flatnonzero(~self.continues())
         return {"observations": self.observations[:n], "actions": self.actions[:n], "rewards": self.rewards[:n],
                 "next_observation_rows": rows, "next_observations": self.next_observations[rows],
-                "terminals": self.terminals[:n], "position": np.array(self.position), "stride": np.array(self.stride)}
+                "terminals": self.terminals[:n], "steps": self.steps[:n], "position": np.array(self.position),
+                "stride": np.array(self.stride)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         n, k = len(state["rewards"]), int(state["stride"])
@@ -116,6 +126,7 @@ class ReplayBuffer:
             raise ValueError(f"checkpointed buffer holds {n} transitions, more than capacity {self.capacity}")
         for key in ("observations", "actions", "rewards", "terminals"):
             getattr(self, key)[:n] = state[key]
+        self.steps[:n] = state.get("steps", 1)  # checkpoints from before chunks held one-step rows only
         self.next_observations[:max(n - k, 0)] = self.observations[k:n]
         self.next_observations[state["next_observation_rows"]] = state["next_observations"]
         self.size, self.stride = n, k

@@ -314,9 +314,12 @@ def cmd_eval(args) -> int:
     from rich.table import Table
     mode = "deterministic" if args.deterministic else "stochastic"
     table = Table(title=f"{args.run} on {policy.task_id} ({mode}, episode seeds {seed}–{seed + episodes - 1})")
-    for key in ("return_mean", "return_std", "return_iqm", "episodes", "episode_length_mean", "success_rate"):
+    for key in ("return_mean", "return_std", "return_iqm", "episodes", "episode_length_mean"):
         value = summary[key]
-        table.add_row(key, "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
+    if summary["success_rate"] is not None:
+        low, high = summary["success_interval"]
+        table.add_row("success_rate [95 % CI]", f"{summary['success_rate']:.0%} [{low:.0%}, {high:.0%}]")
     Console().print(table)
     if args.video:
         print(f"video -> {Path(args.video) / 'episode_0.mp4'}")

@@ -44,6 +44,15 @@ def mean_half_width(values: np.ndarray) -> float:
     return 1.96 * float(values.std(ddof=1)) / values.size ** 0.5 if values.size > 1 else float("nan")
 
 
+def success_interval(successes: list[bool], z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95 % score interval of a success rate from ``n`` episodes (Wilson, 1927): unlike the normal
+    interval it stays inside [0, 1] and is not empty at 0 % or 100 %, which sparse tasks often read."""
+    n, rate = len(successes), float(np.mean(successes))
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass
 class EvalResult:
     returns: np.ndarray
@@ -60,6 +69,7 @@ class EvalResult:
             "episodes": int(self.returns.size),
             "episode_length_mean": float(self.lengths.mean()),
             "success_rate": None if self.successes is None else float(np.mean(self.successes)),
+            "success_interval": None if self.successes is None else list(success_interval(self.successes)),
             "returns": [float(r) for r in self.returns],
         }
 

@@ -110,9 +110,9 @@ class Expert(SACFromScratch):
         super().__init__(frame, None, config, total_env_steps)
         self.moments = RunningMoments(obs_dim)
 
-    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None) -> None:
+    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None, steps=None) -> None:
         """Store the transitions, and standardise from now on with the statistics of every state visited."""
-        super().observe(obs, actions, rewards, next_obs, terminals, truncations)
+        super().observe(obs, actions, rewards, next_obs, terminals, truncations, steps)
         self.moments.update(obs)
         self._use_statistics()
 

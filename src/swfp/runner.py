@@ -51,6 +51,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from swfp.chunks import execute_chunk
 from swfp.devices import transfer_seconds
 from swfp.envs import make_vector_env, step_vector_env, task_spec
 from swfp.evaluate import ActingPolicy, evaluate_seeded, seed_columns
@@ -167,13 +168,16 @@ def evaluation_seed(config: RunConfig) -> int:
 
 
 def evaluate_policy(policy: ActingPolicy, config: RunConfig, deterministic_too: bool = True) -> dict[str, float]:
-    """Stochastic (and deterministic) returns of ``policy`` on the run's fixed evaluation seeds, and the seeds."""
+    """Stochastic (and deterministic) returns of ``policy`` on the run's fixed evaluation seeds, and the seeds;
+    on a task that reports success (``info["success"]``), the success rates too."""
     seed = evaluation_seed(config)
     out: dict[str, float] = {}
     for label, deterministic in (("", False), ("det_", True))[: 2 if deterministic_too else 1]:
         summary = evaluate_seeded(policy, config.task, config.eval_episodes, seed, deterministic).summary()
         out.update({f"{label}return_mean": summary["return_mean"], f"{label}return_std": summary["return_std"],
                     f"{label}return_iqm": summary["return_iqm"]})
+        if summary["success_rate"] is not None:
+            out[f"{label}success_rate"] = summary["success_rate"]
     return {**out, **seed_columns(config.eval_episodes, seed)}
 
 
@@ -314,6 +318,7 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
         env_step, phase_seconds = 0, {}
         write_run_metadata(out, run_config or {"run": config}, config.seed, kind=kind, device=learner.device)
     logger = MetricLogger(out, elapsed=sum(phase_seconds.values()))
+    chunk = learner.policy().action_chunk
     venv = make_vector_env(config.task, config.num_envs, seed=config.seed + env_step)
     obs, _ = venv.reset(seed=config.seed + env_step)
     if not resume:
@@ -328,10 +333,16 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
         while env_step < config.total_env_steps and not stop:
             clock.switch("collect")
             actions = learner.act(obs)
-            next_obs, reward, terminated, truncated, real_next, _ = step_vector_env(venv, actions)
-            learner.observe(obs, actions, reward, real_next, terminated, truncated)
+            if chunk == 1:
+                next_obs, reward, terminated, truncated, real_next, _ = step_vector_env(venv, actions)
+                learner.observe(obs, actions, reward, real_next, terminated, truncated)
+                steps = config.num_envs
+            else:  # one transition per chunk of actions executed open-loop (swfp.chunks)
+                next_obs, reward, terminated, truncated, real_next, executed = execute_chunk(venv, actions, chunk)
+                learner.observe(obs, actions, reward, real_next, terminated, truncated, steps=executed)
+                steps = int(executed.sum())
             obs = next_obs
-            before, env_step = env_step, env_step + config.num_envs
+            before, env_step = env_step, env_step + steps
             clock.switch("train")
             metrics = learner.train(env_step)
             clock.switch("log")
@@ -362,12 +373,15 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
     summary = {"algorithm": learner.name, "task": config.task, "env_steps": env_step,
                "return_before": before_return, "return_after": final["return_mean"],
                "det_return_before": history[0]["det_return_mean"], "det_return_after": final["det_return_mean"],
+               **{f"{key}_{when}": row[key] for key in ("success_rate", "det_success_rate") if key in final
+                  for when, row in (("before", history[0]), ("after", final))},
                "largest_dip_below_start": max(0.0, before_return - min(r["return_mean"] for r in history)),
                **seed_columns(config.eval_episodes, evaluation_seed(config)),
                "wall_seconds": round(sum(clock.seconds.values()), 1),
                "seconds_per_env_step": {k: v / max(env_step, 1) for k, v in clock.seconds.items()},
                "status": learner.status()}
     atomic_write_json(out / "summary.json", summary)
-    plot_learning_curve(out, [("eval", "return_mean"), ("eval", "det_return_mean")],
+    plot_learning_curve(out, [("eval", "return_mean"), ("eval", "det_return_mean")]
+                        + [("eval", key) for key in ("success_rate", "det_success_rate") if key in final],
                         f"{learner.name} fine-tuning on {config.task}", {"before fine-tuning": before_return})
     return summary

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from swfp.buffer import Batch, MixedReplay, ReplayBuffer
+from swfp.chunks import chunk_transitions, discounted_returns
 from swfp.critic import Critic, CriticConfig
 from swfp.data import Dataset, load_dataset, normalize_actions
 from swfp.devices import resolve_device
@@ -74,6 +75,7 @@ class FineTuner:
     name = "bc"
     description = "the pre-trained flow, no fine-tuning (evaluated on the same schedule)"
     config_class: type | None = None
+    supports_chunks = True  # whether the method learns on action chunks (:mod:`swfp.chunks`)
 
     def __init__(self, policy: Policy, demonstrations: Dataset | None, config=None, total_env_steps: int = 300_000):
         if config is None and self.config_class is not None:
@@ -100,9 +102,10 @@ class FineTuner:
         policy = Policy.load(Path(run_dir), device)
         if env is not None and env != policy.task_id:
             raise ValueError(f"{run_dir} was trained on {policy.task_id!r}, not {env!r}")
-        if policy.action_chunk != 1:
-            raise ValueError("fine-tuning action-chunked policies is not supported yet: the critics score single "
-                             "actions; pre-train with --action-chunk 1")
+        if policy.action_chunk != 1 and not cls.supports_chunks:
+            raise ValueError(f"{cls.name} does not fine-tune action-chunked policies (this run's chunks hold "
+                             f"{policy.action_chunk} actions); use an off-policy method (`swfp algos`), or pre-train "
+                             "with --action-chunk 1")
         if dataset is None:
             dataset = read_json(Path(run_dir) / "config.json").get("dataset")
             if dataset is None:
@@ -160,7 +163,7 @@ class FineTuner:
         """Exploration actions: the current policy's stochastic ones."""
         return self.policy().normalized_actions(obs)
 
-    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None) -> None:
+    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None, steps=None) -> None:
         pass
 
     def warm_up(self) -> dict[str, float]:
@@ -209,10 +212,12 @@ class OffPolicyLearner(FineTuner):
             self.replay = MixedReplay(ReplayBuffer(self.obs_dim, self.act_dim, 1), online, 0.0)
 
     def demonstration_buffer(self, demonstrations: Dataset) -> ReplayBuffer:
-        low, high = self._policy.action_low, self._policy.action_high
-        return ReplayBuffer.from_transitions(
-            demonstrations.observations, normalize_actions(demonstrations.actions, low, high),
-            demonstrations.rewards, demonstrations.next_observations, demonstrations.terminals.astype(np.float32))
+        """The demonstrations as replay rows, in actions of the policy's chunk size (:func:`chunk_transitions`)."""
+        d = demonstrations
+        actions = normalize_actions(d.actions, self._policy.action_low, self._policy.action_high)
+        rows = chunk_transitions(d.observations, actions, d.rewards, d.next_observations, d.terminals, d.timeouts,
+                                 self._policy.action_chunk, self.config.critic.gamma)
+        return ReplayBuffer.from_transitions(**rows)
 
     # -- what a method defines ------------------------------------------------------------------
     def update(self, batch: Batch) -> dict[str, float]:
@@ -250,10 +255,17 @@ class OffPolicyLearner(FineTuner):
     def sample_states(self, n: int) -> torch.Tensor:
         return self._policy.normalize_obs(self.replay.sample(n, self.rng).observations)
 
-    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None) -> None:
+    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None, steps=None) -> None:
         """Store the transitions; truncation needs no flag (``next_obs`` is the true next state, and only
-        ``terminals`` stop bootstrapping)."""
-        self.replay.online.add(obs, actions, rewards, next_obs, terminals)
+        ``terminals`` stop bootstrapping). For action chunks, ``rewards`` are ``(n, H)`` and ``steps`` the
+        actions executed: the row keeps their discounted sum (:func:`swfp.chunks.discounted_returns`)."""
+        self.replay.online.add(*self.transitions(obs, actions, rewards, next_obs, terminals, steps))
+
+    def transitions(self, obs, actions, rewards, next_obs, terminals, steps=None) -> tuple:
+        """The replay row of an observed step or chunk: ``(s, a, r, s', terminal, steps)``."""
+        if steps is None:
+            return obs, actions, rewards, next_obs, terminals, 1
+        return obs, actions, discounted_returns(rewards, steps, self.config.critic.gamma), next_obs, terminals, steps
 
     def warm_up(self) -> dict[str, float]:
         """``critic_warmup_steps`` of :meth:`warmup_update` on the demonstrations (none without them)."""

@@ -62,13 +62,13 @@ class DIPO(OffPolicyLearner):
         if demos:
             offline = self.replay.offline
             self.memory.add(offline.observations, offline.actions, offline.rewards, offline.next_observations,
-                            offline.terminals)
+                            offline.terminals, offline.steps)
         self.flow = policy.cascade.base.requires_grad_(True)
         self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=self.config.flow_lr)
 
-    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None) -> None:
-        super().observe(obs, actions, rewards, next_obs, terminals, truncations)
-        self.memory.add(obs, actions, rewards, next_obs, terminals)
+    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None, steps=None) -> None:
+        super().observe(obs, actions, rewards, next_obs, terminals, truncations, steps)
+        self.memory.add(*self.transitions(obs, actions, rewards, next_obs, terminals, steps))
 
     def target_actions(self, next_obs):
         return self.flow.sample(next_obs)[0], None

@@ -66,9 +66,10 @@ class NetworkPolicy(EnvPolicy):
 
     def __init__(self, actor: Actor, algorithm: str, task_id: str, obs_mean: np.ndarray | torch.Tensor,
                  obs_std: np.ndarray | torch.Tensor, action_low: np.ndarray, action_high: np.ndarray,
-                 device: torch.device | str = "cpu"):
-        """``actor`` is moved to ``device`` (it stays the same object: a learner's actor is the policy's)."""
-        super().__init__(task_id, obs_mean, obs_std, action_low, action_high, device=device)
+                 device: torch.device | str = "cpu", action_chunk: int = 1):
+        """``actor`` is moved to ``device`` (it stays the same object: a learner's actor is the policy's); it acts
+        in chunks of ``action_chunk`` actions, flattened."""
+        super().__init__(task_id, obs_mean, obs_std, action_low, action_high, action_chunk, device)
         self.actor, self.algorithm = actor.to(self.device), algorithm
 
     @classmethod
@@ -76,7 +77,7 @@ class NetworkPolicy(EnvPolicy):
         """The policy of a run that started from ``pretrained``: its observation statistics and action box (every
         method of the harness normalises observations with the pre-trained run's statistics), on its device."""
         return cls(actor, algorithm, pretrained.task_id, pretrained.obs_mean, pretrained.obs_std,
-                   pretrained.action_low, pretrained.action_high, pretrained.device)
+                   pretrained.action_low, pretrained.action_high, pretrained.device, pretrained.action_chunk)
 
     @torch.no_grad()
     def normalized_actions(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
@@ -100,6 +101,7 @@ class NetworkPolicy(EnvPolicy):
         atomic_write_json(directory / "actor.json", {
             "format_version": FORMAT_VERSION, "algorithm": self.algorithm, "kind": self.actor.kind,
             "task": self.task_id, "obs_dim": int(self.obs_mean.shape[0]), "act_dim": self.act_dim,
+            "action_chunk": self.action_chunk,
             "action_low": self.action_low.tolist(), "action_high": self.action_high.tolist(),
             "actor": self.actor.spec()})
         return directory
@@ -118,14 +120,15 @@ class NetworkPolicy(EnvPolicy):
             raise CheckpointError(f"{spec_path} names actor kind {kind!r}, which this swfp does not know "
                                   f"(it knows {', '.join(sorted(kinds))}); {RERUN}")
         try:
-            actor = kinds[kind].from_spec(spec["obs_dim"], spec["act_dim"], spec["actor"])
+            chunk = int(spec.get("action_chunk", 1))  # files from before chunked fine-tuning act one action
+            actor = kinds[kind].from_spec(spec["obs_dim"], spec["act_dim"] * chunk, spec["actor"])
             low, high = np.array(spec["action_low"], dtype=np.float32), np.array(spec["action_high"], dtype=np.float32)
             if low.shape != (spec["act_dim"],) or high.shape != low.shape:
                 raise ValueError(f"action bounds of sizes {low.shape} and {high.shape} for act_dim {spec['act_dim']}")
             tensors = load_tensors(weights_path)
             obs_mean, obs_std = observation_statistics(tensors, spec["obs_dim"], weights_path)
             load_state_strict(actor, {k.removeprefix("actor."): v for k, v in tensors.items()}, weights_path)
-            return cls(actor.eval(), spec["algorithm"], spec["task"], obs_mean, obs_std, low, high, device)
+            return cls(actor.eval(), spec["algorithm"], spec["task"], obs_mean, obs_std, low, high, device, chunk)
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError) as exc:  # a field missing, of the wrong type or out of range

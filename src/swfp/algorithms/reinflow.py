@@ -202,6 +202,7 @@ class ReinFlow(FineTuner):
     name = "reinflow"
     description = "ReinFlow: PPO on the flow with learned noise injected at each Euler step (exact chain log-prob)"
     config_class = ReinFlowConfig
+    supports_chunks = False  # its PPO rollout and GAE are per environment step (the module docstring)
 
     def __init__(self, policy, demonstrations, config=None, total_env_steps: int = 300_000):
         super().__init__(policy, demonstrations, config, total_env_steps)
@@ -230,7 +231,7 @@ class ReinFlow(FineTuner):
         self.pending = (obs_t, chain, log_prob)
         return to_host(chain[:, -1])
 
-    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None) -> None:
+    def observe(self, obs, actions, rewards, next_obs, terminals, truncations=None, steps=None) -> None:
         dones = np.logical_or(terminals, truncations if truncations is not None else False)
         if self.config.reward_scaling:
             rewards = self.reward_scaler(np.asarray(rewards, np.float64), dones)

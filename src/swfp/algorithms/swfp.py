@@ -384,7 +384,7 @@ class SWFP(OffPolicyLearner):
         norm = self._policy.normalize_obs
         obs, next_obs = norm(batch.observations), norm(batch.next_observations)
         next_actions = candidate(next_obs, self._policy.cascade.sample(next_obs)[0])
-        target = self.critic.td_target(Batch(obs, batch.actions, batch.rewards, next_obs, batch.terminals), next_actions)
+        target = self.critic.td_target(Batch(obs, batch.actions, batch.rewards, next_obs, batch.terminals, batch.steps), next_actions)
         return (self.critic.q(obs, batch.actions) - target).pow(2).mean().item()
 
     def compact(self) -> dict[str, float]:
