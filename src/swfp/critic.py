@@ -104,7 +104,8 @@ class Critic:
     @torch.no_grad()
     def td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_prob: torch.Tensor | None = None,
                   alpha: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """``y = r + γ(1 − terminal)(min_i Q̄_i(s', a') − α·log π(a'|s'))`` (entropy term only if given)."""
+        """``y = r + γ^k (1 − terminal)(min_i Q̄_i(s', a') − α·log π(a'|s'))`` (entropy term only if given), with
+        ``k`` the environment steps the transition spans (1, or an action chunk's, :mod:`swfp.chunks`)."""
         members = slice(None)
         if self.config.target_subset is not None:  # only the drawn members' networks are evaluated
             drawn = torch.randperm(self.config.ensemble_size, device=self.device)
@@ -112,7 +113,7 @@ class Critic:
         next_v = self.target(batch.next_observations, next_actions, members).min(0).values
         if next_log_prob is not None:
             next_v = next_v - alpha * next_log_prob
-        return batch.rewards + self.config.gamma * (1 - batch.terminals) * next_v
+        return batch.rewards + self.config.gamma ** batch.steps * (1 - batch.terminals) * next_v
 
     def update(self, batch: Batch, next_actions: torch.Tensor, next_log_prob: torch.Tensor | None = None,
                alpha: float | torch.Tensor = 0.0) -> dict[str, float]:
