@@ -91,3 +91,21 @@ def test_swfp_tasks_lists_the_cube_tasks_and_what_they_need(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     assert "cube-double-task5" in out and "cube-single-singletask-task1-v0" in out and "[manipulation]" in out
+
+
+def test_a_mismatched_or_malformed_manipulation_dataset_is_a_clear_error(solved, tmp_path, capsys):
+    from swfp.assets import ASSETS
+    from swfp.data import DatasetError
+
+    with pytest.raises(DatasetError, match="cube-single-task2"):  # Hopper's 11-D states are not the cube's 28-D
+        load_dataset(ASSETS / "data" / "hopper-v5-medium.npz", "cube-single-task2")
+    assert main(["pretrain", "--task", "cube-single-task2", "--dataset", str(ASSETS / "data" / "hopper-v5-medium.npz"),
+                 "--steps", "1", "--out", str(tmp_path / "bc")]) == 2
+    assert "cube-single-task2" in capsys.readouterr().err
+    broken = solved.actions.copy()
+    broken[3, 0] = 1.5  # outside the arm's action box
+    (tmp_path / "broken.npz").write_bytes(b"")
+    np.savez(tmp_path / "broken.npz", observations=solved.observations, actions=broken, rewards=solved.rewards,
+             next_observations=solved.next_observations, terminals=solved.terminals, timeouts=solved.timeouts)
+    with pytest.raises(DatasetError, match="action"):
+        load_dataset(tmp_path / "broken.npz", "cube-single-task2")

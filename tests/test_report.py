@@ -14,8 +14,8 @@ TASK = "Hopper-v5"
 
 
 def write_trial(root, algo: str, seed: int, before: float, after: float, dip: float = 0.0, steps: int = 1000,
-                det_after: float | None = None):
-    run = root / "runs" / TASK / algo / f"seed{seed}"
+                det_after: float | None = None, task: str = TASK, success_after: float | None = None):
+    run = root / "runs" / task / algo / f"seed{seed}"
     run.mkdir(parents=True)
     history = [(0, before), (steps // 5, before - dip), (steps // 2, (before + after) / 2), (steps, after)]
     run.joinpath("eval.csv").write_text("step,wall_time,return_mean\n" + "".join(
@@ -24,9 +24,10 @@ def write_trial(root, algo: str, seed: int, before: float, after: float, dip: fl
     if algo == "swfp":
         status = {**status, "block_seconds": 0.3, "blocks": 2, "blocks_accepted": 5, "blocks_rejected": 1,
                   "blocks_compactions": 1}
+    success = {} if success_after is None else {"success_rate_before": 0.0, "success_rate_after": success_after}
     run.joinpath("summary.json").write_text(json.dumps({
-        "algorithm": algo, "task": TASK, "env_steps": steps, "return_before": before, "return_after": after,
-        "det_return_after": after + 1.0 if det_after is None else det_after,
+        "algorithm": algo, "task": task, "env_steps": steps, "return_before": before, "return_after": after,
+        "det_return_after": after + 1.0 if det_after is None else det_after, **success,
         "seconds_per_env_step": {"collect": 0.001, "train": 0.002, "eval": 0.0}, "status": status}))
 
 
@@ -198,3 +199,16 @@ def test_env_step_axes_are_labelled_in_thousands():
     labels = {t.get_text() for t in ax.get_xticklabels()}
     plt.close(fig)
     assert {"0", "100k", "200k"} <= labels and not any(len(t) > 5 for t in labels), labels
+
+
+def test_a_task_that_reports_success_gets_its_success_rate_beside_the_return(tmp_path):
+    """OGBench's cube tasks report success: the report adds the success rate's IQM (and each trial's rate);
+    a report of tasks without success keeps its columns (the tests above)."""
+    for seed, rate in enumerate([0.2, 0.4, 0.6, 0.8]):
+        write_trial(tmp_path, "swfp", seed, before=-190.0, after=-120.0, task="cube-single-task2", success_after=rate)
+        write_trial(tmp_path, "sac", seed, before=-200.0, after=-200.0, task="cube-single-task2", success_after=0.0)
+    rows = {r["algorithm"]: r for r in write_report(tmp_path)}
+    assert rows["swfp"]["success_after"] == pytest.approx(0.5)  # IQM of 0.2 … 0.8: mean of 0.4 and 0.6
+    assert rows["sac"]["success_after"] == 0.0 and rows["sac"]["success_low"] == rows["sac"]["success_high"] == 0.0
+    text = (tmp_path / "report.md").read_text()
+    assert "success after IQM [95 % CI]" in text and "| 0.50 [" in text and "| success after |" in text

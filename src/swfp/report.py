@@ -144,6 +144,11 @@ def aggregate(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
         iqm, interval = iqm_interval(finals)
         det_finals = {a: np.array([[tr.get("det_return_after", np.nan)] for tr in trials[task, a]]) for a in methods}
         det_iqm, det_interval = iqm_interval(det_finals)
+        # a task that reports success (OGBench's cubes): the success rate's IQM over seeds too
+        with_success = all("success_rate_after" in tr for a in methods for tr in trials[task, a])
+        if with_success:
+            success, success_interval = iqm_interval(
+                {a: np.array([[tr["success_rate_after"]] for tr in trials[task, a]]) for a in methods})
         for algo in methods:
             runs = trials[task, algo]
             row = {"task": task, "algorithm": algo, "seeds": len(runs),
@@ -155,6 +160,9 @@ def aggregate(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
                    "early_dip": float(np.mean([early_dip(r) for r in runs])),
                    "wall_hours": float(np.mean([r["wall_seconds"] for r in runs])) / 3600,
                    "p_swfp_better": float("nan"), "p_low": float("nan"), "p_high": float("nan")}
+            if with_success:
+                row.update(success_after=success[algo], success_low=success_interval[algo][0],
+                           success_high=success_interval[algo][1])
             if REFERENCE in finals and algo != REFERENCE:
                 row["p_swfp_better"], row["p_low"], row["p_high"] = improvement_probability(finals[REFERENCE],
                                                                                             finals[algo])
@@ -177,6 +185,7 @@ def trial_rows(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
             rows.append({"task": task, "algorithm": algo, "seed": trial["seed"], "grid": trial["grid"],
                          "return_before": trial["return_before"], "return_after": trial["return_after"],
                          "det_return_after": trial.get("det_return_after", nan),
+                         "success_after": trial.get("success_rate_after", nan),
                          "largest_dip": trial.get("largest_dip_below_start", nan),
                          "ms_per_env_step": sum(per_step.values()), "collect_ms": per_step.get("collect", nan),
                          "critic_ms": learner["critic"], "actor_ms": actor, "eval_ms": per_step.get("eval", nan),
@@ -187,16 +196,19 @@ def trial_rows(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
 
 
 def trial_markdown(rows: list[dict]) -> str:
+    success = any(not np.isnan(r["success_after"]) for r in rows)  # a column only where a task reports success
     lines = ["Every trial (ms per env step over the whole run; actor: the method's policy update, SWFP's blocks; "
              "dip: over the whole run)", "",
-             "| task | method | seed | before | after | det. after | largest dip | ms/step | collect | critic | actor | "
-             "eval | blocks acc./rej. (compactions) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| task | method | seed | before | after | det. after | " + ("success after | " if success else "")
+             + "largest dip | ms/step | collect | critic | actor | eval | blocks acc./rej. (compactions) |",
+             "| --- | --- | --- | ---: | ---: | ---: | " + ("---: | " if success else "")
+             + "---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         blocks = "—" if np.isnan(r["blocks_accepted"]) else \
             f"{r['blocks_accepted']:.0f}/{r['blocks_rejected']:.0f} ({r['compactions']:.0f})"
+        rate = (f"{r['success_after']:.2f} | " if not np.isnan(r["success_after"]) else "— | ") if success else ""
         lines.append(f"| {r['task']} | {r['algorithm']} | {r['seed']} | {r['return_before']:.1f} | "
-                     f"{r['return_after']:.1f} | {r['det_return_after']:.1f} | {r['largest_dip']:.1f} | "
+                     f"{r['return_after']:.1f} | {r['det_return_after']:.1f} | {rate}{r['largest_dip']:.1f} | "
                      f"{r['ms_per_env_step']:.1f} | {r['collect_ms']:.1f} | {r['critic_ms']:.1f} | {r['actor_ms']:.1f} | "
                      f"{r['eval_ms']:.1f} | {blocks} |")
     return "\n".join(lines) + "\n"
@@ -209,19 +221,23 @@ def bracket(low: float, high: float, digits: int) -> str:
 
 def markdown(rows: list[dict], results: Path) -> str:
     beside = sorted({r["grid"] for r in rows} - {str(results)})
+    success = any("success_after" in r for r in rows)  # a column only where a task reports success
     lines = [f"Fine-tuning results from `{results}` (IQM over seeds with 95 % stratified bootstrap intervals, "
              f"rliable; stochastic and deterministic return; early dip: deepest fall below the start in the first "
              f"{EARLY_FRACTION:.0%} of the budget)" + (f"; rows marked * are from {', '.join(f'`{b}`' for b in beside)}"
                                                      if beside else ""), "",
              "| task | method | seeds | before | after (mean) | after IQM [95 % CI] | det. after IQM [95 % CI] | "
-             "P(swfp > method) [95 % CI] | early dip | wall h/run |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             + ("success after IQM [95 % CI] | " if success else "") + "P(swfp > method) [95 % CI] | early dip | "
+             "wall h/run |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | " + ("---: | " if success else "") + "---: | ---: | ---: |"]
     for r in rows:
         p = "—" if np.isnan(r["p_swfp_better"]) else f"{r['p_swfp_better']:.2f} {bracket(r['p_low'], r['p_high'], 2)}"
         method = r["algorithm"] + ("" if r["grid"] == str(results) else "*")
+        rate = (f"{r['success_after']:.2f} {bracket(r['success_low'], r['success_high'], 2)} | "
+                if "success_after" in r else "— | ") if success else ""
         lines.append(f"| {r['task']} | {method} | {r['seeds']} | {r['return_before']:.1f} | "
                      f"{r['return_after']:.1f} | {r['iqm_after']:.1f} {bracket(r['iqm_low'], r['iqm_high'], 1)} | "
-                     f"{r['det_iqm_after']:.1f} {bracket(r['det_iqm_low'], r['det_iqm_high'], 1)} | {p} | "
+                     f"{r['det_iqm_after']:.1f} {bracket(r['det_iqm_low'], r['det_iqm_high'], 1)} | {rate}{p} | "
                      f"{r['early_dip']:.1f} | {r['wall_hours']:.2f} |")
     return "\n".join(lines) + "\n"
 
