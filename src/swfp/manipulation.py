@@ -109,9 +109,17 @@ def _oracle(env):
     return CubePlanOracle(env=env, noise=ORACLE_NOISE, noise_smoothing=ORACLE_NOISE_SMOOTHING)
 
 
+FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+
 def _empty_rows() -> dict[str, list]:
-    return {name: [] for name in ("observations", "actions", "rewards", "next_observations", "terminals",
-                                  "timeouts")}
+    return {name: [] for name in FIELDS}
+
+
+def _append(rows: dict[str, list], *values) -> None:
+    """One transition, its values in the order of :data:`FIELDS`."""
+    for name, value in zip(FIELDS, values, strict=True):
+        rows[name].append(value)
 
 
 def _play(env, goals: np.ndarray, episodes: int, seed: int) -> tuple[dict[str, list], list[bool]]:
@@ -134,10 +142,7 @@ def _play(env, goals: np.ndarray, episodes: int, seed: int) -> tuple[dict[str, l
             at_goal = _at_goal(info["prev_qpos"], goals)  # the state the action was taken in
             success = bool(at_goal.all())
             reached |= success
-            for name, value in (("observations", ob), ("actions", action), ("rewards", at_goal.sum() - cubes),
-                                ("next_observations", next_ob), ("terminals", success),
-                                ("timeouts", done and not success)):
-                rows[name].append(value)
+            _append(rows, ob, action, at_goal.sum() - cubes, next_ob, success, done and not success)
             ob = next_ob
         successes.append(reached)
     return rows, successes
@@ -166,10 +171,7 @@ def _task(env, goals: np.ndarray, episodes: int, seed: int) -> tuple[dict[str, l
             if agent.done and not done:  # this cube's plan has run out: carry the next one away from its goal
                 cube = _next_cube(env, goals, cube)
                 agent.reset(next_ob, _with_target(info, cube, goals))
-            for name, value in (("observations", ob), ("actions", action), ("rewards", reward),
-                                ("next_observations", next_ob), ("terminals", terminated),
-                                ("timeouts", truncated and not terminated)):
-                rows[name].append(value)
+            _append(rows, ob, action, reward, next_ob, terminated, truncated and not terminated)
             ob = next_ob
         successes.append(success)
     return rows, successes
