@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 from swfp import __version__
-from swfp.data import Dataset, build_dataset
+from swfp.data import FIELDS, Dataset, build_dataset
 from swfp.envs import BUILTIN_TASKS, TaskError, make_raw_env
 
 KINDS = ("play", "task")
@@ -76,6 +76,8 @@ def oracle_demonstrations(task_id: str, kind: str, episodes: int, seed: int,
     if kind == "task" and episode_steps is not None:
         raise ValueError("--episode-steps sets the length of play episodes; task episodes last until success or "
                          "the task's time limit")
+    if kind == "play":
+        episode_steps = episode_steps or PLAY_EPISODE_STEPS
     task_env = make_raw_env(task_id)
     task_env.reset(seed=seed)
     goals = np.asarray(task_env.unwrapped.cur_task_info["goal_xyzs"], dtype=np.float64)
@@ -84,7 +86,7 @@ def oracle_demonstrations(task_id: str, kind: str, episodes: int, seed: int,
     try:
         if kind == "play":  # OGBench's goal-conditioned environment of the same cubes, in data-collection mode
             env = gym.make(BUILTIN_TASKS[task_id].gym_id.split("-singletask")[0] + "-v0", terminate_at_goal=False,
-                           mode="data_collection", max_episode_steps=episode_steps or PLAY_EPISODE_STEPS)
+                           mode="data_collection", max_episode_steps=episode_steps)
             rows, successes = _play(env, goals, episodes, seed)
             env.close()
         else:
@@ -99,7 +101,7 @@ def oracle_demonstrations(task_id: str, kind: str, episodes: int, seed: int,
                 "oracle": {"kind": "plan", "noise": ORACLE_NOISE, "noise_smoothing": ORACLE_NOISE_SMOOTHING},
                 "swfp_version": __version__}
     if kind == "play":
-        metadata["episode_steps"] = episode_steps or PLAY_EPISODE_STEPS
+        metadata["episode_steps"] = episode_steps
     return build_dataset(fields, metadata).validate(task_id)
 
 
@@ -109,15 +111,12 @@ def _oracle(env):
     return CubePlanOracle(env=env, noise=ORACLE_NOISE, noise_smoothing=ORACLE_NOISE_SMOOTHING)
 
 
-FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
-
-
 def _empty_rows() -> dict[str, list]:
     return {name: [] for name in FIELDS}
 
 
 def _append(rows: dict[str, list], *values) -> None:
-    """One transition, its values in the order of :data:`FIELDS`."""
+    """One transition, its values in the order of :data:`swfp.data.FIELDS`."""
     for name, value in zip(FIELDS, values, strict=True):
         rows[name].append(value)
 
