@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import swfp
+from swfp.data import load_dataset
 
 
 def swfp_cli(*args, check=True):
@@ -56,7 +57,9 @@ def test_pipeline_writes_what_it_promises(pipeline):
     assert any((pipeline / "bc" / "tb").iterdir())
     config = json.loads((pipeline / "bc" / "config.json").read_text())
     assert config["task"] == "Hopper-v5" and config["hidden_dims"] == [32, 32] and config["euler_steps"] == 4
-    assert json.loads((pipeline / "bc" / "meta.json").read_text())["seed"] == 1
+    meta = json.loads((pipeline / "bc" / "meta.json").read_text())
+    assert meta["seed"] == 1
+    assert meta["dataset_sha256"] == load_dataset(pipeline / "demos.npz").fingerprint()  # which data, exactly
 
 
 def test_eval_json_and_python_api(pipeline):

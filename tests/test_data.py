@@ -67,6 +67,22 @@ def test_npz_round_trip(tmp_path, reference):
     assert len(loaded) == sum(n for n, _ in EPISODES) and (loaded.obs_dim, loaded.act_dim) == (OBS, ACT)
 
 
+def test_fingerprint_names_the_transitions_not_the_file_or_metadata(tmp_path, reference):
+    """The same transitions read back give the same fingerprint, whatever the metadata; one reward changed by
+    one float32 ulp, or a flag flipped, gives another."""
+    loaded = load_dataset(reference.save(tmp_path / "d.npz"))
+    loaded.metadata = {"task": TASK, "note": "relabelled"}
+    assert loaded.fingerprint() == reference.fingerprint()
+    assert len(reference.fingerprint()) == 64
+    nudged = loaded.rewards.copy()
+    nudged[3] = np.nextafter(nudged[3], np.float32(np.inf))
+    loaded.rewards = nudged
+    assert loaded.fingerprint() != reference.fingerprint()
+    loaded.rewards = reference.rewards
+    loaded.timeouts = ~reference.timeouts
+    assert loaded.fingerprint() != reference.fingerprint()
+
+
 def test_save_appends_suffix_and_leaves_no_temp_file(tmp_path, reference):
     path = reference.save(tmp_path / "d")
     assert path.name == "d.npz"

@@ -37,6 +37,8 @@ def test_swfp_improves_the_bandit_with_several_blocks(bandit_bc):
                  "config.json", "meta.json", "learning_curve.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "config.json").read_text())["config"]["tau"] == 0.2
+    bc_meta = json.loads((bandit_bc / "bc" / "meta.json").read_text())  # the replay's demonstrations, recorded
+    assert json.loads((out / "meta.json").read_text())["dataset_sha256"] == bc_meta["dataset_sha256"]
     tuned = swfp.load(out)  # the fine-tuned policy loads like any other
     assert tuned.cascade.num_blocks == status["blocks"] + 1  # the frozen blocks and the live one
     assert len(read_csv(out / "blocks.csv")) == 6  # every judged block is logged

@@ -14,6 +14,7 @@ the fix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -72,6 +73,18 @@ class Dataset:
         ends = np.flatnonzero(self.terminals | self.timeouts) + 1
         starts = np.concatenate([[0], ends[ends < len(self)]])
         return np.add.reduceat(self.rewards.astype(np.float64), starts)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the transitions (each field's dtype, shape and bytes; not the metadata), recorded in a run's
+        ``meta.json``. Two files with the same fingerprint hold the same data. ``swfp demos`` repeats its data
+        for a seed on one machine, not across machines: the BLAS kernels torch picks for the CPU round the
+        demonstrator's actions differently, and a chaotic task turns that into other episodes."""
+        digest = hashlib.sha256()
+        for name in FIELDS:
+            value = np.ascontiguousarray(getattr(self, name))
+            digest.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
+            digest.update(value.tobytes())
+        return digest.hexdigest()
 
     def observation_stats(self, min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension mean and std of the observations (std floored at ``min_std`` so constant

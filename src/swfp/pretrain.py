@@ -148,7 +148,8 @@ def pretrain(config: PretrainConfig, out: Path, device: torch.device | str = "au
         optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps))
     policy = Policy(ema, config.task, obs_mean, obs_std, low, high, config.action_chunk, device)
 
-    write_run_metadata(out, config, config.seed, kind="pretrain", device=device)
+    write_run_metadata(out, config, config.seed, kind="pretrain", device=device,
+                       dataset_sha256=dataset.fingerprint())
     logger = MetricLogger(out)
     dataset_return = float(np.mean(dataset.episode_returns()))
     start, running_loss, window = time.time(), 0.0, 0

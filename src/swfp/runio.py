@@ -176,8 +176,10 @@ def session_record(device: torch.device | None) -> dict:
     return record
 
 
-def write_run_metadata(run_dir: Path, config: Any, seed: int, kind: str, device: torch.device | None = None) -> None:
-    """Write ``config.json`` (resolved config) and ``meta.json`` (provenance) into ``run_dir``."""
+def write_run_metadata(run_dir: Path, config: Any, seed: int, kind: str, device: torch.device | None = None,
+                       dataset_sha256: str | None = None) -> None:
+    """Write ``config.json`` (resolved config) and ``meta.json`` (provenance, with the fingerprint of the
+    dataset the run learns from, :meth:`swfp.data.Dataset.fingerprint`, when it has one) into ``run_dir``."""
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / "config.json", config)
     atomic_write_json(run_dir / "meta.json", {
@@ -187,6 +189,7 @@ def write_run_metadata(run_dir: Path, config: Any, seed: int, kind: str, device:
         "seed": seed,
         **session_record(device),
         "torch_version": torch.__version__,
+        **({"dataset_sha256": dataset_sha256} if dataset_sha256 else {}),
     })
 
 

@@ -76,6 +76,7 @@ class Learner(Protocol):
 
     name: str
     device: torch.device  # where its networks live (the environments and the replay stay on the host)
+    demonstrations_sha256: str | None  # fingerprint of the demonstrations it learns from, for meta.json
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Exploration actions ``(B, H·d)`` in ``[-1, 1]`` for raw observations ``(B, obs_dim)``."""
@@ -316,7 +317,8 @@ def _run(learner: Learner, config: RunConfig, out: Path, resume: bool, run_confi
         record_resumption(out, env_step, learner.device)
     else:
         env_step, phase_seconds = 0, {}
-        write_run_metadata(out, run_config or {"run": config}, config.seed, kind=kind, device=learner.device)
+        write_run_metadata(out, run_config or {"run": config}, config.seed, kind=kind, device=learner.device,
+                           dataset_sha256=learner.demonstrations_sha256)
     logger = MetricLogger(out, elapsed=sum(phase_seconds.values()))
     chunk = learner.policy().action_chunk
     venv = make_vector_env(config.task, config.num_envs, seed=config.seed + env_step)

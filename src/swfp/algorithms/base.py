@@ -87,6 +87,7 @@ class FineTuner:
         self.acting: SavablePolicy = policy
         self.obs_dim, self.act_dim = int(policy.obs_mean.shape[0]), policy.act_dim * policy.action_chunk
         self.total_env_steps = total_env_steps
+        self.demonstrations_sha256 = demonstrations.fingerprint() if demonstrations is not None else None
         self.rng = np.random.default_rng()
         self.env_step = 0
         self.seconds: dict[str, float] = {}  # cumulative wall time per phase, for the per-env-step split
