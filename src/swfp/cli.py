@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,10 @@ def demos_arguments(p: argparse.ArgumentParser) -> None:
 @command("demos", "make a dataset (.npz): an expert's rollouts or replay (D4RL-style), or OGBench's oracle on a "
          "cube task", demos_arguments)
 def cmd_demos(args) -> int:
+    # The same data on every x86 CPU: MKL otherwise picks its matrix kernels by instruction set, their rounding
+    # differs, and a falling walker turns one ulp into other episodes (Walker2d medium, seed 0: return 298.8 on
+    # an AVX-512 machine, 321.0 with MKL held to AVX2). MKL reads this at its first product, none has run yet.
+    os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
     from swfp.demos import generate_demos, medium_replay
     from swfp.assets import shipped_expert_dir
     from swfp.envs import task_spec
