@@ -76,9 +76,8 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """SHA-256 of the transitions (each field's dtype, shape and bytes; not the metadata), recorded in a run's
-        ``meta.json``. Two files with the same fingerprint hold the same data. ``swfp demos`` repeats its data
-        for a seed on one machine, not across machines: the BLAS kernels torch picks for the CPU round the
-        demonstrator's actions differently, and a chaotic task turns that into other episodes."""
+        ``meta.json``, so a result names exactly the data it learned from (two files with the same fingerprint
+        hold the same transitions)."""
         digest = hashlib.sha256()
         for name in FIELDS:
             value = np.ascontiguousarray(getattr(self, name))
