@@ -18,8 +18,13 @@ def write_trial(root, algo: str, seed: int, before: float, after: float, dip: fl
     run = root / "runs" / task / algo / f"seed{seed}"
     run.mkdir(parents=True)
     history = [(0, before), (steps // 5, before - dip), (steps // 2, (before + after) / 2), (steps, after)]
-    run.joinpath("eval.csv").write_text("step,wall_time,return_mean\n" + "".join(
-        f"{s},{i},{r}\n" for i, (s, r) in enumerate(history)))
+    if success_after is None:
+        run.joinpath("eval.csv").write_text("step,wall_time,return_mean\n" + "".join(
+            f"{s},{i},{r}\n" for i, (s, r) in enumerate(history)))
+    else:  # a task that reports success: the rate climbs from 0 to success_after with the same points
+        rates = [0.0, 0.0, success_after / 2, success_after]
+        run.joinpath("eval.csv").write_text("step,wall_time,return_mean,success_rate\n" + "".join(
+            f"{s},{i},{r},{rate}\n" for i, ((s, r), rate) in enumerate(zip(history, rates))))
     status = {"critic_seconds": 1.5, "replay_seconds": 0.1, "update_seconds": 1.8}
     if algo == "swfp":
         status = {**status, "block_seconds": 0.3, "blocks": 2, "blocks_accepted": 5, "blocks_rejected": 1,
@@ -212,3 +217,28 @@ def test_a_task_that_reports_success_gets_its_success_rate_beside_the_return(tmp
     assert rows["sac"]["success_after"] == 0.0 and rows["sac"]["success_low"] == rows["sac"]["success_high"] == 0.0
     text = (tmp_path / "report.md").read_text()
     assert "success after IQM [95 % CI]" in text and "| 0.50 [" in text and "| success after |" in text
+
+
+def test_plots_gain_a_success_row_where_a_task_reports_success(tmp_path):
+    """The learning curves and final bars of a grid with a cube task get a second row of panels, the
+    success rate (what the issue asks of every place a return is shown); a locomotion-only grid has one."""
+    from matplotlib.image import imread
+
+    from swfp.report import curves, load_trials
+
+    locomotion, mixed = tmp_path / "locomotion", tmp_path / "mixed"
+    for seed in range(3):
+        write_trial(locomotion, "swfp", seed, before=-5.0, after=10.0)
+        write_trial(mixed, "swfp", seed, before=-5.0, after=10.0)
+        write_trial(mixed, "swfp", seed, before=-190.0, after=-120.0, task="cube-single-task2",
+                    success_after=0.3 * seed)
+    write_report(locomotion), write_report(mixed)
+    for name in ("learning_curves.png", "sample_efficiency.png", "final_iqm.png"):
+        one, two = imread(locomotion / name), imread(mixed / name)
+        # 2 x 2 panels against 1 x 1 (the tight bounding box trims a few pixels)
+        assert two.shape[0] / one.shape[0] == pytest.approx(2, rel=0.1), name
+        assert two.shape[1] / one.shape[1] == pytest.approx(2, rel=0.1), name
+    success = curves(load_trials(mixed), "success_rate")
+    assert list(success) == [("cube-single-task2", "swfp")]  # Hopper reports no success: no curve for it
+    steps, rates = success["cube-single-task2", "swfp"]
+    assert steps.tolist() == [0, 200, 500, 1000] and rates[:, -1].tolist() == pytest.approx([0.0, 0.3, 0.6])

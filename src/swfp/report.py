@@ -242,60 +242,85 @@ def markdown(rows: list[dict], results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def curves(trials: dict[tuple[str, str], list[dict]]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-    """``(task, algo) -> (steps, returns (seeds, steps))`` on the evaluation steps all seeds share."""
+# what the learning-curve plots show, one row of panels each: the return, and the success rate where a task
+# reports one (OGBench's cubes; each run's eval.csv then has the column)
+CURVE_QUANTITIES = (("return_mean", "return"), ("success_rate", "success rate"))
+
+
+def curves(trials: dict[tuple[str, str], list[dict]],
+           column: str = "return_mean") -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """``(task, algo) -> (steps, values (seeds, steps))`` of one ``eval.csv`` column on the evaluation steps
+    all seeds share; a pair whose evaluations lack the column (a task without success) is left out."""
     out = {}
     for key, runs in trials.items():
+        if not all(column in r for tr in runs for r in tr["history"]):
+            continue
         steps = sorted(set.intersection(*[{int(r["step"]) for r in tr["history"]} for tr in runs]))
-        returns = np.array([[{int(r["step"]): r["return_mean"] for r in tr["history"]}[s] for s in steps] for tr in runs])
-        out[key] = (np.array(steps), returns)
+        values = np.array([[{int(r["step"]): r[column] for r in tr["history"]}[s] for s in steps] for tr in runs])
+        out[key] = (np.array(steps), values)
     return out
 
 
 def plot(trials, rows: list[dict], results: Path) -> None:
+    """``learning_curves.png`` (mean ± 95 % CI over seeds), ``sample_efficiency.png`` (IQM with its bootstrap
+    interval) and ``final_iqm.png``: one column of panels per task, a second row with the success rate
+    where any task reports one (its panels stay empty for tasks that do not)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = sorted({t for t, _ in trials})
-    series = curves(trials)
+    quantities = [(column, name, curves(trials, column)) for column, name in CURVE_QUANTITIES]
+    quantities = [q for q in quantities if q[2]]
 
-    def save(fig, name):
-        save_figure(fig, results / name)
+    def panels():
+        fig, axes = plt.subplots(len(quantities), len(tasks), figsize=(5.5 * len(tasks), 4 * len(quantities)),
+                                 squeeze=False)
+        return fig, axes
 
     for name, statistic in (("learning_curves.png", "mean"), ("sample_efficiency.png", "iqm")):
-        fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-        for ax, task in zip(axes[0], tasks):
-            for (t, algo), (steps, returns) in sorted(series.items()):
-                if t != task:
+        fig, axes = panels()
+        for axes_row, (_, quantity, series) in zip(axes, quantities):
+            for ax, task in zip(axes_row, tasks):
+                drawn = sorted((algo, values) for (t, algo), values in series.items() if t == task)
+                if not drawn:
+                    ax.set_axis_off()
                     continue
-                if statistic == "mean":
-                    centre = returns.mean(0)
-                    half = 1.96 * returns.std(0, ddof=1) / np.sqrt(len(returns)) if len(returns) > 1 else 0 * centre
-                    low, high = centre - half, centre + half
-                else:
-                    points = [iqm_interval({"m": returns[:, [i]]}) for i in range(len(steps))]
-                    centre = np.array([p[0]["m"] for p in points])
-                    low, high = np.array([p[1]["m"][0] for p in points]), np.array([p[1]["m"][1] for p in points])
-                ax.plot(steps, centre, label=algo)
-                ax.fill_between(steps, low, high, alpha=0.2)
-            ax.set_title(task)
-            label_steps(ax, "environment steps")
-            ax.set_ylabel("return (mean ± 95 % CI)" if statistic == "mean" else "IQM return [95 % bootstrap CI]")
-            ax.legend(fontsize=8)
-        save(fig, name)
+                for algo, (steps, values) in drawn:
+                    if statistic == "mean":
+                        centre = values.mean(0)
+                        half = (1.96 * values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1
+                                else 0 * centre)
+                        low, high = centre - half, centre + half
+                    else:
+                        points = [iqm_interval({"m": values[:, [i]]}) for i in range(len(steps))]
+                        centre = np.array([p[0]["m"] for p in points])
+                        low = np.array([p[1]["m"][0] for p in points])
+                        high = np.array([p[1]["m"][1] for p in points])
+                    ax.plot(steps, centre, label=algo)
+                    ax.fill_between(steps, low, high, alpha=0.2)
+                ax.set_title(task)
+                label_steps(ax, "environment steps")
+                ax.set_ylabel(f"{quantity} (mean ± 95 % CI)" if statistic == "mean"
+                              else f"IQM {quantity} [95 % bootstrap CI]")
+                ax.legend(fontsize=8)
+        save_figure(fig, results / name)
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        task_rows = [r for r in rows if r["task"] == task]
-        x = np.arange(len(task_rows))
-        ax.bar(x, [r["iqm_after"] for r in task_rows],
-               yerr=np.nan_to_num([[r["iqm_after"] - r["iqm_low"] for r in task_rows],
-                                   [r["iqm_high"] - r["iqm_after"] for r in task_rows]]),
-               capsize=4)
-        ax.set_xticks(x, [r["algorithm"] for r in task_rows], rotation=30)
-        ax.set_title(f"{task}: final IQM return [95 % CI]")
-    save(fig, "final_iqm.png")
+    bars = [("iqm", "return")] + ([("success", "success rate")] if any("success_after" in r for r in rows) else [])
+    fig, axes = plt.subplots(len(bars), len(tasks), figsize=(5.5 * len(tasks), 4 * len(bars)), squeeze=False)
+    for axes_row, (key, quantity) in zip(axes, bars):
+        for ax, task in zip(axes_row, tasks):
+            task_rows = [r for r in rows if r["task"] == task and f"{key}_after" in r]
+            if not task_rows:
+                ax.set_axis_off()
+                continue
+            centre = np.array([r[f"{key}_after"] for r in task_rows])
+            low, high = np.array([r[f"{key}_low"] for r in task_rows]), np.array([r[f"{key}_high"] for r in task_rows])
+            x = np.arange(len(task_rows))
+            ax.bar(x, centre, yerr=np.nan_to_num([centre - low, high - centre]), capsize=4)
+            ax.set_xticks(x, [r["algorithm"] for r in task_rows], rotation=30)
+            ax.set_title(f"{task}: final IQM {quantity} [95 % CI]")
+    save_figure(fig, results / "final_iqm.png")
 
 
 def write_report(results: Path, beside: list[Path] = (), rescore_episodes: int | None = None,
