@@ -150,12 +150,14 @@ def test_report_cli_without_results_says_what_it_expects(tmp_path):
     assert out.returncode == 2 and "summary.json" in out.stderr
 
 
-def write_probe(root, name: str, tau: float, returns: dict[int, tuple[float, float]], seed: int = 0):
-    """A `swfp finetune` run directory as far as `bench compare` reads it: eval.csv and config.json."""
+def write_probe(root, name: str, tau: float, returns: dict[int, tuple[float, float]], seed: int = 0,
+                entropy: float | None = None):
+    """A `swfp finetune` run directory as far as `bench compare` reads it: eval.csv and config.json; the
+    wall time is 100 s per 10 env steps, and ``entropy`` (SWFP's, as its eval.csv logs it) the same at each."""
     run = root / name
     run.mkdir()
-    run.joinpath("eval.csv").write_text("step,wall_time,return_mean,det_return_mean\n" + "".join(
-        f"{s},0,{r},{d}\n" for s, (r, d) in returns.items()))
+    run.joinpath("eval.csv").write_text("step,wall_time,return_mean,det_return_mean,entropy\n" + "".join(
+        f"{s},{10 * s},{r},{d},{'' if entropy is None else entropy}\n" for s, (r, d) in returns.items()))
     run.joinpath("config.json").write_text(json.dumps({
         "algorithm": "swfp", "run": {"task": TASK, "seed": seed, "eval_every": 10},
         "config": {"tau": tau, "alpha": 0.01, "critic": {"gamma": 0.99}}, "block_every": 5}))
@@ -164,7 +166,8 @@ def write_probe(root, name: str, tau: float, returns: dict[int, tuple[float, flo
 
 def test_compare_lines_up_runs_at_shared_steps_and_names_what_differs(tmp_path):
     default = write_probe(tmp_path, "default", 0.03, {0: (1, 2), 10: (3, 4), 20: (5, 6), 30: (7, 8)})
-    larger = write_probe(tmp_path, "larger", 0.1, {0: (1, 2), 10: (13, 14), 20: (15, 16)})  # stopped early
+    larger = write_probe(tmp_path, "larger", 0.1, {0: (1, 2), 10: (13, 14), 20: (15, 16)},  # stopped early
+                         entropy=-2.5)
     out = tmp_path / "cmp"
     from swfp.report import compare_runs
     rows = compare_runs({"default": default, "tau 0.1": larger}, out, last=2)
@@ -173,6 +176,9 @@ def test_compare_lines_up_runs_at_shared_steps_and_names_what_differs(tmp_path):
     text = (out / "compare.md").read_text()
     assert "`config.tau` = 0.1" in text and "`config.tau` = 0.03" in text and "alpha" not in text and "gamma" not in text
     assert "| 20 | 5.0 (6.0) | 15.0 (16.0) |" in text
+    # each run's state at the last shared step: a blank cell is "—", a quantity no run logs has no row
+    assert "Each run at env step 20:" in text and "| wall time (s) | 200 | 200 |" in text
+    assert "| entropy | — | -2.50 |" in text and "| τ |" not in text
     assert (out / "compare.png").is_file() and (out / "compare.csv").is_file()
     assert json.loads((out / "meta.json").read_text())["kind"] == "bench-compare"
 

@@ -424,10 +424,35 @@ def config_differences(configs: dict[str, dict]) -> dict[str, dict[str, object]]
     return {label: {k: f.get(k) for k in varying} for label, f in flattened.items()}
 
 
+# the state of each run at the last evaluation the runs share, where its eval.csv has the column (SWFP's
+# blocks, step size and entropy; the wall time for every method): what an ablation changed besides the return
+COMPARE_STATE = (("wall_time", "wall time (s)", "{:.0f}"), ("entropy", "entropy", "{:.2f}"),
+                 ("alpha", "α", "{:.2g}"), ("tau", "τ", "{:.3f}"), ("blocks_accepted", "blocks accepted", "{:.0f}"),
+                 ("blocks_rejected", "blocks rejected", "{:.0f}"), ("w2_upper", "W₂ of the last blocks", "{:.3f}"),
+                 ("heldout_delta_free_energy", "held-out ΔF of the last blocks", "{:+.4f}"))
+
+
+def state_table(histories: dict[str, dict[int, dict]], step: int) -> list[str]:
+    """Markdown rows of :data:`COMPARE_STATE` at ``step``, one column per run ("—" where a run lacks the
+    value); a quantity no run logs is left out."""
+    lines = []
+    for column, name, form in COMPARE_STATE:
+        values = {label: history[step].get(column) for label, history in histories.items()}
+        shown = {label: form.format(v) if isinstance(v, float) and not np.isnan(v) else "—"
+                 for label, v in values.items()}
+        if any(v != "—" for v in shown.values()):
+            lines.append(f"| {name} | " + " | ".join(shown.values()) + " |")
+    if not lines:
+        return []
+    return ["", f"Each run at env step {step:,}:", "", "| | " + " | ".join(histories) + " |",
+            "| --- |" + " ---: |" * len(histories), *lines]
+
+
 def compare_runs(runs: dict[str, Path], out: Path, last: int = 3) -> list[dict]:
     """Returns of single runs (``label -> run directory``) at the evaluation steps they all share, stochastic
-    and deterministic, and the mean of the ``last`` shared evaluations; a probe of one setting needs no
-    finished grid. Writes ``compare.md``, ``compare.csv``, ``compare.png`` and ``meta.json`` into ``out``."""
+    and deterministic, and the mean of the ``last`` shared evaluations, then each run's state at the last
+    shared step (:func:`state_table`); a probe of one setting needs no finished grid. Writes ``compare.md``,
+    ``compare.csv``, ``compare.png`` and ``meta.json`` into ``out``."""
     from swfp.bench import write_rows_csv
 
     if len(runs) < 2:
@@ -466,6 +491,7 @@ def compare_runs(runs: dict[str, Path], out: Path, last: int = 3) -> list[dict]:
         step = f"{row['step']:,}" if isinstance(row["step"], int) else row["step"]
         lines.append(f"| {step} | " + " | ".join(f"{row[f'{label} stochastic']:.1f} ({row[f'{label} deterministic']:.1f})"
                                                  for label in runs) + " |")
+    lines += state_table(histories, steps[-1])
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     plot_comparison(rows, list(runs), out / "compare.png")
     return rows + [summary]
