@@ -168,6 +168,8 @@ def test_compare_lines_up_runs_at_shared_steps_and_names_what_differs(tmp_path):
     default = write_probe(tmp_path, "default", 0.03, {0: (1, 2), 10: (3, 4), 20: (5, 6), 30: (7, 8)})
     larger = write_probe(tmp_path, "larger", 0.1, {0: (1, 2), 10: (13, 14), 20: (15, 16)},  # stopped early
                          entropy=-2.5)
+    # SWFP's judged blocks: the accepted ones up to the last shared step (20) add up to W2 0.1 + 0.2
+    larger.joinpath("blocks.csv").write_text("step,w2_upper,accepted\n5,0.1,1\n15,0.5,0\n20,0.2,1\n25,0.4,1\n")
     out = tmp_path / "cmp"
     from swfp.report import compare_runs
     rows = compare_runs({"default": default, "tau 0.1": larger}, out, last=2)
@@ -179,6 +181,7 @@ def test_compare_lines_up_runs_at_shared_steps_and_names_what_differs(tmp_path):
     # each run's state at the last shared step: a blank cell is "—", a quantity no run logs has no row
     assert "Each run at env step 20:" in text and "| wall time (s) | 200 | 200 |" in text
     assert "| entropy | — | -2.50 |" in text and "| τ |" not in text
+    assert "| ΣW₂ of the accepted blocks | — | 0.30 |" in text
     assert (out / "compare.png").is_file() and (out / "compare.csv").is_file()
     assert json.loads((out / "meta.json").read_text())["kind"] == "bench-compare"
 

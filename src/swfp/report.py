@@ -429,23 +429,33 @@ def config_differences(configs: dict[str, dict]) -> dict[str, dict[str, object]]
 COMPARE_STATE = (("wall_time", "wall time (s)", "{:.0f}"), ("entropy", "entropy", "{:.2f}"),
                  ("alpha", "α", "{:.2g}"), ("tau", "τ", "{:.3f}"), ("blocks_accepted", "blocks accepted", "{:.0f}"),
                  ("blocks_rejected", "blocks rejected", "{:.0f}"), ("w2_upper", "W₂ of the last blocks", "{:.3f}"),
-                 ("heldout_delta_free_energy", "held-out ΔF of the last blocks", "{:+.4f}"))
+                 ("heldout_delta_free_energy", "held-out ΔF of the last blocks", "{:+.4f}"),
+                 ("accepted_w2_sum", "ΣW₂ of the accepted blocks", "{:.2f}"))
 
 
-def state_table(histories: dict[str, dict[int, dict]], step: int) -> list[str]:
-    """Markdown rows of :data:`COMPARE_STATE` at ``step``, one column per run ("—" where a run lacks the
-    value); a quantity no run logs is left out."""
+def accepted_w2_sum(run: Path, step: int) -> float:
+    """How far an SWFP run has moved its policy by env step ``step``: the sum of the W₂ bounds of the blocks
+    its gate accepted (``blocks.csv``; DESIGN.md §3: the return followed this sum); NaN without blocks."""
+    path = Path(run) / "blocks.csv"
+    if not path.is_file():
+        return float("nan")
+    return float(sum(r["w2_upper"] for r in read_csv(path) if r["step"] <= step and r["accepted"] == 1))
+
+
+def state_table(states: dict[str, dict], step: int) -> list[str]:
+    """Markdown rows of :data:`COMPARE_STATE`, one column per run (``label -> {column: value}`` at ``step``,
+    "—" where a run lacks the value); a quantity no run logs is left out."""
     lines = []
     for column, name, form in COMPARE_STATE:
-        values = {label: history[step].get(column) for label, history in histories.items()}
+        values = {label: state.get(column) for label, state in states.items()}
         shown = {label: form.format(v) if isinstance(v, float) and not np.isnan(v) else "—"
                  for label, v in values.items()}
         if any(v != "—" for v in shown.values()):
             lines.append(f"| {name} | " + " | ".join(shown.values()) + " |")
     if not lines:
         return []
-    return ["", f"Each run at env step {step:,}:", "", "| | " + " | ".join(histories) + " |",
-            "| --- |" + " ---: |" * len(histories), *lines]
+    return ["", f"Each run at env step {step:,}:", "", "| | " + " | ".join(states) + " |",
+            "| --- |" + " ---: |" * len(states), *lines]
 
 
 def compare_runs(runs: dict[str, Path], out: Path, last: int = 3) -> list[dict]:
@@ -491,7 +501,9 @@ def compare_runs(runs: dict[str, Path], out: Path, last: int = 3) -> list[dict]:
         step = f"{row['step']:,}" if isinstance(row["step"], int) else row["step"]
         lines.append(f"| {step} | " + " | ".join(f"{row[f'{label} stochastic']:.1f} ({row[f'{label} deterministic']:.1f})"
                                                  for label in runs) + " |")
-    lines += state_table(histories, steps[-1])
+    lines += state_table({label: {**histories[label][steps[-1]],
+                                  "accepted_w2_sum": accepted_w2_sum(run, steps[-1])}
+                         for label, run in runs.items()}, steps[-1])
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     plot_comparison(rows, list(runs), out / "compare.png")
     return rows + [summary]
