@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from swfp.algorithms.base import actor_seconds
 from swfp.blocks import BlockConfig, JKOBlock
 from swfp.cascade import Cascade, draw_pool
 from swfp.live import LiveBlock, PrefixPool
@@ -393,16 +394,16 @@ class LoopConfig:
 def loop_split(summary: dict) -> dict[str, float]:
     """Seconds per env step by phase from a run's summary: the runner's collection, evaluation and logging
     (logging + checkpoints), the host↔device copies of them all (``transfer``: observations, actions and replay
-    batches, taken out of the other phases by the runner), and the learner's critic and actor time (its updates
-    minus the critic's and the replay sampling, plus SWFP's blocks); "other" is the rest of the learner's
-    ``train``. The learner's clocks include the batches' copies (in its replay sampling, so never in critic or
-    actor), the runner's ``train`` does not, so "other" is net of them."""
+    batches, taken out of the other phases by the runner), and the learner's critic and actor time
+    (:func:`~swfp.algorithms.base.actor_seconds`: SWFP's block work, the others' update less critic and replay
+    sampling); "other" is the rest of the learner's ``train``. The learner's clocks include the batches'
+    copies (in its replay sampling, so never in critic or actor), the runner's ``train`` does not, so "other"
+    is net of them."""
     per_step = summary["seconds_per_env_step"]
     steps = summary["env_steps"]
     status = summary["status"]
     critic = status.get("critic_seconds", 0.0) / steps
-    actor = (status.get("update_seconds", 0.0) - status.get("replay_seconds", 0.0)
-             + status.get("block_seconds", 0.0)) / steps - critic
+    actor = actor_seconds(status) / steps
     return {"collect": per_step["collect"], "critic": critic, "actor": actor, "transfer": per_step["transfer"],
             "eval": per_step["eval"], "log": per_step["log"] + per_step["checkpoint"],
             "other": per_step["train"] - critic - actor}
@@ -410,8 +411,9 @@ def loop_split(summary: dict) -> dict[str, float]:
 
 def loop_floor(learner, summary: dict, config: LoopConfig) -> dict[str, float]:
     """The same work measured alone, per env step: one environment step plus one batch-1 action
-    (collection, its copies included), ``utd_ratio`` critic updates, the method's actor update (or SWFP's block
-    training, amortised over its interval), ``utd_ratio`` copies of a replay batch to the device (transfer);
+    (collection, its copies included), ``utd_ratio`` critic updates, the method's actor update (or SWFP's
+    block judging or training, amortised over its interval, plus on the live schedule ``utd_ratio`` live-block
+    steps), ``utd_ratio`` copies of a replay batch to the device (transfer);
     evaluation and logging have no floor (they are the work itself)."""
     from swfp.envs import make_env
 
@@ -440,6 +442,9 @@ def loop_floor(learner, summary: dict, config: LoopConfig) -> dict[str, float]:
         learner.improve()
         synchronize(device)
         actor = 1000 * (time.perf_counter() - start) / learner.block_every
+        # the live schedule: one step of the live block per critic update too, once its pool holds a batch
+        if learner.live is not None and len(learner.pool) >= learner.config.block_batch_size:
+            actor += utd * median_ms(learner.block_update, config.repeats, 5, device)
     elif hasattr(learner, "actor_update"):
         actor = utd * median_ms(lambda: learner.actor_update(batch), config.repeats, 5, device)
     else:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from swfp.algorithms.base import actor_seconds
 from swfp.logger import label_steps, read_csv, save_figure
 from swfp.rescore import RESCORE_SEED, rescore
 from swfp.runio import atomic_write_text, read_json, write_run_metadata
@@ -179,16 +180,15 @@ def trial_rows(trials: dict[tuple[str, str], list[dict]]) -> list[dict]:
         for trial in sorted(runs, key=lambda r: r["seed"]):
             status, nan = trial.get("status", {}), float("nan")
             per_step = {k: 1000 * v for k, v in trial["seconds_per_env_step"].items()}
-            learner = {k: 1000 * status.get(f"{k}_seconds", 0.0) / max(trial["env_steps"], 1)
-                       for k in ("critic", "replay", "update", "block")}
-            actor = learner["block"] if "blocks" in status else learner["update"] - learner["critic"] - learner["replay"]
+            per_env_step_ms = 1000 / max(trial["env_steps"], 1)
+            critic, actor = per_env_step_ms * status.get("critic_seconds", 0.0), per_env_step_ms * actor_seconds(status)
             rows.append({"task": task, "algorithm": algo, "seed": trial["seed"], "grid": trial["grid"],
                          "return_before": trial["return_before"], "return_after": trial["return_after"],
                          "det_return_after": trial.get("det_return_after", nan),
                          "success_after": trial.get("success_rate_after", nan),
                          "largest_dip": trial.get("largest_dip_below_start", nan),
                          "ms_per_env_step": sum(per_step.values()), "collect_ms": per_step.get("collect", nan),
-                         "critic_ms": learner["critic"], "actor_ms": actor, "eval_ms": per_step.get("eval", nan),
+                         "critic_ms": critic, "actor_ms": actor, "eval_ms": per_step.get("eval", nan),
                          "blocks_accepted": status.get("blocks_accepted", nan),
                          "blocks_rejected": status.get("blocks_rejected", nan),
                          "compactions": status.get("blocks_compactions", nan)})

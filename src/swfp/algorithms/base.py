@@ -304,6 +304,16 @@ class OffPolicyLearner(FineTuner):
         self.replay.online.load_state_dict({k: v.numpy() for k, v in state["online"].items()})
 
 
+def actor_seconds(status: dict) -> float:
+    """A run's policy-improvement time from its learner's clocks (``status``: the ``<phase>_seconds`` a
+    learner reports). SWFP times all its block work as ``block``: the live block's steps, which run inside
+    ``update`` beside the critic's, and the judging, appending and compaction of blocks after the updates;
+    the other methods' actor step is their ``update`` less the critic's TD steps and the replay sampling."""
+    if "blocks" in status:
+        return status.get("block_seconds", 0.0)
+    return status.get("update_seconds", 0.0) - status.get("critic_seconds", 0.0) - status.get("replay_seconds", 0.0)
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
     """One step on ``loss``; with ``max_grad_norm``, the global norm of the optimiser's gradients clipped first."""
     optimizer.zero_grad(set_to_none=True)
