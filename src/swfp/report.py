@@ -270,19 +270,15 @@ def plot(trials, rows: list[dict], results: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({t for t, _ in trials})
-    quantities = [(column, name, curves(trials, column)) for column, name in CURVE_QUANTITIES]
-    quantities = [q for q in quantities if q[2]]
-
-    def panels():
-        fig, axes = plt.subplots(len(quantities), len(tasks), figsize=(5.5 * len(tasks), 4 * len(quantities)),
-                                 squeeze=False)
-        return fig, axes
+    quantities = [(name, series) for column, name in CURVE_QUANTITIES if (series := curves(trials, column))]
 
     for name, statistic in (("learning_curves.png", "mean"), ("sample_efficiency.png", "iqm")):
-        fig, axes = panels()
-        for axes_row, (_, quantity, series) in zip(axes, quantities):
+        fig, axes = plt.subplots(len(quantities), len(tasks), figsize=(5.5 * len(tasks), 4 * len(quantities)),
+                                 squeeze=False)
+        for axes_row, (quantity, series) in zip(axes, quantities):
             for ax, task in zip(axes_row, tasks):
-                drawn = sorted((algo, values) for (t, algo), values in series.items() if t == task)
+                drawn = sorted(((algo, values) for (t, algo), values in series.items() if t == task),
+                               key=lambda pair: pair[0])
                 if not drawn:
                     ax.set_axis_off()
                     continue
