@@ -3,6 +3,8 @@ environment, the critic's γ^k, success rates, and fine-tuning a chunked flow on
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,14 @@ def test_reinflow_refuses_a_chunked_flow_with_what_to_do(cube_bc):
 
     with pytest.raises(ValueError, match="reinflow does not fine-tune action-chunked policies"):
         swfp.make("reinflow", cube_bc, device="cpu")
+
+
+def test_eval_on_another_cube_task_with_the_same_spaces_and_a_clear_error_otherwise(cube_bc, capsys):
+    from swfp.cli import main
+
+    assert main(["eval", str(cube_bc), "--task", "cube-single-task4", "--episodes", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "cube-single-task4" and out["success_rate"] in (0.0, 1.0)  # evaluated on task 4's goal
+    assert main(["eval", str(cube_bc), "--task", "cube-double-task2", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--task cube-double-task2" in err and "(37, 5" in err and "(28, 5)" in err and "Traceback" not in err

@@ -29,7 +29,8 @@ def demos(tmp_path_factory):
 
 def tiny_grid(demos: str, steps: int = 200) -> GridConfig:
     return GridConfig(tasks=[TASK], algos=["bc", "swfp"], seeds=[0], env_steps=steps, pretrain_steps=200,
-                      eval_episodes=16, num_envs=4, datasets={TASK: demos}, settings={"swfp": SWFP_FAST})
+                      eval_episodes=16, eval_every=100, num_envs=4, datasets={TASK: demos},
+                      settings={"swfp": SWFP_FAST})
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
@@ -41,6 +42,7 @@ def test_tiny_grid_runs_every_trial(demos, tmp_path, executor):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["algorithm"] == algo and summary["env_steps"] == 200
         assert json.loads((run / "config.json").read_text())["algorithm"] == algo
+        assert len(read_csv_rows(run / "eval.csv")) == 3  # at 0, 100 and 200 env steps: the grid's --eval-every
     swfp_config = json.loads((tmp_path / "runs" / TASK / "swfp" / "seed0" / "config.json").read_text())["config"]
     assert swfp_config["block_grad_steps"] == 30  # the per-method settings reached the trial
     grid = json.loads((tmp_path / "grid.json").read_text())

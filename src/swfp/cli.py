@@ -288,6 +288,9 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
                         "reproduce it; not with --episodes or --seed")
     p.add_argument("--deterministic", action="store_true",
                    help="the method's deterministic action (a flow's chain from the noise mean x0 = 0)")
+    p.add_argument("--task", default=None,
+                   help="evaluate on this task instead of the one the policy was trained on; it must have the same "
+                        "observation and action spaces (e.g. a task-agnostic cube policy on each cube-single-taskN)")
     p.add_argument("--video", default=None, help="directory for an MP4 of the first episode")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     device_and_threads_arguments(p)
@@ -299,6 +302,9 @@ def cmd_eval(args) -> int:
     from swfp.loader import load
 
     policy = load(args.run, torch_setup(args))
+    task = policy.task_id if args.task is None else args.task
+    if task != policy.task_id:
+        check_same_spaces(policy, task)
     if args.recorded:
         if args.episodes is not None or args.seed is not None:
             raise ValueError("--recorded takes the episodes and seed the run recorded; drop --episodes and --seed")
@@ -308,9 +314,9 @@ def cmd_eval(args) -> int:
     else:
         episodes = 10 if args.episodes is None else args.episodes
         seed = 0 if args.seed is None else args.seed
-    result = evaluate_seeded(policy, policy.task_id, episodes, seed, args.deterministic,
+    result = evaluate_seeded(policy, task, episodes, seed, args.deterministic,
                              video_dir=Path(args.video) if args.video else None)
-    summary = {"run": str(args.run), "task": policy.task_id, "algorithm": policy.algorithm, "seed": seed,
+    summary = {"run": str(args.run), "task": task, "algorithm": policy.algorithm, "seed": seed,
                "deterministic": args.deterministic, **result.summary()}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -318,7 +324,7 @@ def cmd_eval(args) -> int:
     from rich.console import Console
     from rich.table import Table
     mode = "deterministic" if args.deterministic else "stochastic"
-    table = Table(title=f"{args.run} on {policy.task_id} ({mode}, episode seeds {seed}–{seed + episodes - 1})")
+    table = Table(title=f"{args.run} on {task} ({mode}, episode seeds {seed}–{seed + episodes - 1})")
     for key in ("return_mean", "return_std", "return_iqm", "episodes", "episode_length_mean"):
         value = summary[key]
         table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
@@ -329,6 +335,26 @@ def cmd_eval(args) -> int:
     if args.video:
         print(f"video -> {Path(args.video) / 'episode_0.mp4'}")
     return 0
+
+
+def check_same_spaces(policy, task: str) -> None:
+    """A policy trained on one task acts on another only where the observation size, action size and action
+    bounds agree (OGBench's cube-single tasks differ only in their goal, which the observation omits)."""
+    import numpy as np
+
+    from swfp.envs import make_env
+
+    env = make_env(task)
+    try:
+        obs_dim, low, high = env.observation_space.shape[0], env.action_space.low, env.action_space.high
+    finally:
+        env.close()
+    mine = (policy.obs_mean.numel(), policy.act_dim)
+    if (obs_dim, low.shape[0]) != mine or not (np.allclose(low, policy.action_low)
+                                               and np.allclose(high, policy.action_high)):
+        raise ValueError(f"--task {task}: its observations and actions ({obs_dim}, {low.shape[0]}, bounds "
+                         f"[{low.min():g}, {high.max():g}]) differ from those the policy was trained on for "
+                         f"{policy.task_id} ({mine[0]}, {mine[1]}); evaluate it on a task with the same spaces")
 
 
 # SWFP's shortcut flags: (argparse dest, config field); any other field is set with --set KEY=VALUE
@@ -600,6 +626,8 @@ def bench_grid_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", action="append", metavar="TASK=PATH",
                    help="demonstrations for a task (default: medium data made from the shipped expert)")
     p.add_argument("--eval-episodes", type=_positive(int), default=None)
+    p.add_argument("--eval-every", type=_positive(int), default=None,
+                   help="env steps between a trial's evaluations (default: 1/20 of its run)")
     p.add_argument("--num-envs", type=_positive(int), default=1)
     p.add_argument("--device", default="auto",
                    help="every pre-training's and trial's --device (default auto; each job has one torch thread)")
@@ -643,7 +671,7 @@ def cmd_bench_grid(args) -> int:
             raise ValueError(f"--set takes ALGO:KEY=VALUE, got {item!r}")
         settings.setdefault(algo, {})[key] = value
     config = GridConfig(**chosen, pretrain_steps=args.pretrain_steps, eval_episodes=args.eval_episodes,
-                        num_envs=args.num_envs, datasets=datasets, settings=settings, device=args.device)
+                        eval_every=args.eval_every, num_envs=args.num_envs, datasets=datasets, settings=settings, device=args.device)
     rows = run_grid(config, Path(args.out), args.executor, args.workers, args.ray_address,
                     None if args.stop_after is None else 60 * args.stop_after)
     table = Table(title=f"grid {args.out}: {sum(r['state'] == 'done' for r in rows)} of {len(rows)} trials done")

@@ -64,6 +64,7 @@ class GridConfig:
     pretrain_steps: int = 20_000
     demo_episodes: int = 50
     eval_episodes: int | None = None
+    eval_every: int | None = None  # env steps between a trial's evaluations (None: finetune's 1/20 of the run)
     num_envs: int = 1
     datasets: dict[str, str] = field(default_factory=dict)  # task -> demonstrations (else made from the expert)
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # algo -> {KEY: VALUE} for its --set
@@ -138,6 +139,8 @@ def trial_jobs(config: GridConfig, out: Path) -> list[Job]:
                     args += [f"--set={k}={v}" for k, v in config.settings.get(algo, {}).items()]
                     if config.eval_episodes:
                         args += ["--eval-episodes", str(config.eval_episodes)]
+                    if config.eval_every:
+                        args += ["--eval-every", str(config.eval_every)]
                 jobs.append(Job(f"{algo} {task} seed {seed}", _swfp(*args), run, state))
     return jobs
 
