@@ -85,13 +85,14 @@ def cube_bc(tmp_path_factory):
     return out / "bc"
 
 
-@pytest.mark.parametrize("algo", ["swfp", "sac", "fql", "dipo"])  # the methods of the manipulation grid, and SAC
+@pytest.mark.parametrize("algo", ["swfp", "sac", "fql", "dsrl", "dipo"])  # the methods of the manipulation grid, and SAC
 def test_a_chunked_flow_fine_tunes_on_the_cube_task_with_chunk_transitions(cube_bc, tmp_path, algo):
     import swfp
 
     fast = {"swfp": {"critic_warmup_steps": 20, "block_every": 50, "batch_size": 32},
             "sac": {"learning_starts": 20, "batch_size": 32},
             "fql": {"critic_warmup_steps": 20, "batch_size": 32},
+            "dsrl": {"critic_warmup_steps": 20, "batch_size": 32},
             "dipo": {"critic_warmup_steps": 20, "batch_size": 32}}[algo]
     agent = swfp.make(algo, cube_bc, config=fast, device="cpu")
     summary = agent.learn(total_env_steps=120, out=tmp_path / algo, eval_every=60, eval_episodes=2)
