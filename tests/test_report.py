@@ -251,3 +251,23 @@ def test_plots_gain_a_success_row_where_a_task_reports_success(tmp_path):
     assert list(success) == [("cube-single-task2", "swfp")]  # Hopper reports no success: no curve for it
     steps, rates = success["cube-single-task2", "swfp"]
     assert steps.tolist() == [0, 200, 500, 1000] and rates[:, -1].tolist() == pytest.approx([0.0, 0.3, 0.6])
+
+
+def test_learning_curves_line_up_evaluations_that_chunks_made_a_few_steps_late(tmp_path):
+    """A run acting in chunks of 5 reaches its evaluation steps up to 4 steps late, differently per seed:
+    its curves keep every evaluation (matched to the nearest), not only the steps all seeds hit exactly."""
+    from swfp.report import curves, load_trials, shared_evaluations
+
+    for seed, late in enumerate([0, 2, 3]):
+        write_trial(tmp_path, "swfp", seed, before=-190.0, after=-120.0, task="cube-single-task2",
+                    success_after=0.3 * (seed + 1))
+        run = tmp_path / "runs" / "cube-single-task2" / "swfp" / f"seed{seed}" / "eval.csv"
+        lines = run.read_text().splitlines()
+        shifted = [lines[0], lines[1]] + [f"{int(line.split(',')[0]) + late},{line.split(',', 1)[1]}"
+                                          for line in lines[2:]]
+        run.write_text("\n".join(shifted) + "\n")
+    steps, rates = curves(load_trials(tmp_path), "success_rate")["cube-single-task2", "swfp"]
+    assert steps.tolist() == [0, 200, 500, 1000] and rates[:, -1].tolist() == pytest.approx([0.3, 0.6, 0.9])
+    # an evaluation that one run lacks (nothing within half the spacing) is left out, not matched far away
+    steps, rows = shared_evaluations([[{"step": 0}, {"step": 100}, {"step": 200}], [{"step": 0}, {"step": 199}]])
+    assert steps.tolist() == [0, 200] and rows == [[0, 2], [0, 1]]
