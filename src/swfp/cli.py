@@ -671,7 +671,8 @@ def cmd_bench_grid(args) -> int:
             raise ValueError(f"--set takes ALGO:KEY=VALUE, got {item!r}")
         settings.setdefault(algo, {})[key] = value
     config = GridConfig(**chosen, pretrain_steps=args.pretrain_steps, eval_episodes=args.eval_episodes,
-                        eval_every=args.eval_every, num_envs=args.num_envs, datasets=datasets, settings=settings, device=args.device)
+                        eval_every=args.eval_every, num_envs=args.num_envs, datasets=datasets, settings=settings,
+                        device=args.device)
     rows = run_grid(config, Path(args.out), args.executor, args.workers, args.ray_address,
                     None if args.stop_after is None else 60 * args.stop_after)
     table = Table(title=f"grid {args.out}: {sum(r['state'] == 'done' for r in rows)} of {len(rows)} trials done")
