@@ -12,6 +12,7 @@ import pytest
 import swfp
 from swfp.assets import ASSETS
 from swfp.buffer import ReplayBuffer
+from swfp.cli import main
 from swfp.data import action_bounds, denormalize_actions
 from swfp.demos import medium_replay, replay_dataset
 from swfp.evaluate import evaluate
@@ -172,5 +173,37 @@ def test_experts_table_scores_on_d4rl_scale(tmp_path):
     text = readme.read_text()
     assert "| Hopper-v5 | 600k | 480k | 3234.3 ± 10.0 | 100.0 | 140k | 1066.9 ± 10.0 | 33.4 | 0.33 |" in text
     assert "stale" not in text and text.endswith("after\n")
-    # The experts shipped before the choice existed are not tabled; the block says what is coming.
-    assert "No shipped expert has been chosen" in experts_table(ASSETS / "experts")
+    assert "Not re-chosen yet" not in text
+    # Experts chosen before the rule existed (no re-evaluated selection) are not tabled; alone, the block says so.
+    legacy = tmp_path / "legacy" / "ant-v5"
+    legacy.mkdir(parents=True)
+    (legacy / "expert.json").write_text(json.dumps({"task": "Ant-v5", "expert": {"step": 150_000, "evaluation": {}}}))
+    assert "No shipped expert has been chosen" in experts_table(tmp_path / "legacy")
+    (tmp_path / "ant-v5").mkdir()  # beside a chosen one, it is named under the table
+    (tmp_path / "ant-v5" / "expert.json").write_text((legacy / "expert.json").read_text())
+    pages = [tmp_path / "README.md", tmp_path / "datasets.md"]
+    pages[1].write_text(f"{BEGIN}\n{END}\n")
+    assert main(["bench", "experts", "--experts", str(tmp_path), "--pages", *map(str, pages)]) == 0
+    for page in pages:  # the README and the documentation carry the same table
+        assert "| Hopper-v5 | 600k |" in page.read_text() and "Not re-chosen yet (shipped before issue 37, their " \
+            "trainings still running): Ant-v5." in page.read_text()
+
+
+# Issue 37's bar for a shipped expert: its stochastic return on the fresh episodes of `expert.json`.
+EXPERT_TARGETS = {"Hopper-v5": 2800.0, "Walker2d-v5": 3500.0, "HalfCheetah-v5": 7000.0, "Ant-v5": 2500.0}
+
+
+@pytest.mark.parametrize("task", sorted(EXPERT_TARGETS))
+def test_a_shipped_expert_chosen_by_the_rule_meets_its_target_and_its_medium_sits_at_d4rl_level(task):
+    """Guards what ships: a re-chosen expert below its target, or a medium policy outside 0.25-0.55 of it
+    (D4RL's medium band), fails here. Experts shipped before issue 37 carry no selection and are skipped."""
+    expert_dir = ASSETS / "experts" / task.lower()
+    info = json.loads((expert_dir / "expert.json").read_text())
+    if "selection" not in info["expert"]:
+        pytest.skip(f"{task}: the expert shipped before issue 37; its replacement is still training")
+    assert info["task"] == task
+    assert info["expert"]["evaluation"]["episodes"] >= 100
+    assert info["expert"]["evaluation"]["return_mean"] >= EXPERT_TARGETS[task]
+    assert 0.25 <= info["medium"]["fraction_of_expert"] <= 0.55
+    for quality in ("expert", "medium"):
+        assert swfp.load(expert_dir / quality).algorithm == "expert"

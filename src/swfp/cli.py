@@ -807,16 +807,20 @@ def cmd_bench_readme(args) -> int:
 
 def bench_experts_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", default=None, help="one expert directory per task (default: the shipped experts)")
-    p.add_argument("--page", default="docs/datasets.md", help="the page holding the experts table (default %(default)s)")
+    p.add_argument("--pages", nargs="+", default=["README.md", "docs/datasets.md"],
+                   help="the pages holding the experts table (default: %(default)s)")
 
 
-@command("bench experts", "regenerate the documentation's table of the shipped experts (returns and D4RL scores)",
-         bench_experts_arguments)
+@command("bench experts", "regenerate the README's and documentation's table of the shipped experts (returns and "
+         "D4RL scores)", bench_experts_arguments)
 def cmd_bench_experts(args) -> int:
     from swfp.assets import ASSETS
     from swfp.expert_table import update_experts_table
 
-    print(update_experts_table(Path(args.page), Path(args.experts) if args.experts else ASSETS / "experts"))
+    experts = Path(args.experts) if args.experts else ASSETS / "experts"
+    for page in args.pages:
+        block = update_experts_table(Path(page), experts)
+    print(block)
     return 0
 
 
