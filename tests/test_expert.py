@@ -173,7 +173,7 @@ def test_experts_table_scores_on_d4rl_scale(tmp_path):
     text = readme.read_text()
     assert "| Hopper-v5 | 600k | 480k | 3234.3 ± 10.0 | 100.0 | 140k | 1066.9 ± 10.0 | 33.4 | 0.33 |" in text
     assert "stale" not in text and text.endswith("after\n")
-    assert "Not re-chosen yet" not in text
+    assert "Still the experts shipped before" not in text
     # Experts chosen before the rule existed (no re-evaluated selection) are not tabled; alone, the block says so.
     legacy = tmp_path / "legacy" / "ant-v5"
     legacy.mkdir(parents=True)
@@ -185,8 +185,8 @@ def test_experts_table_scores_on_d4rl_scale(tmp_path):
     pages[1].write_text(f"{BEGIN}\n{END}\n")
     assert main(["bench", "experts", "--experts", str(tmp_path), "--pages", *map(str, pages)]) == 0
     for page in pages:  # the README and the documentation carry the same table
-        assert "| Hopper-v5 | 600k |" in page.read_text() and "Not re-chosen yet (shipped before issue 37, their " \
-            "trainings still running): Ant-v5." in page.read_text()
+        assert "| Hopper-v5 | 600k |" in page.read_text() and "Still the experts shipped before issue 37 (their " \
+            "replacements are not finished): Ant-v5." in page.read_text()
 
 
 # Issue 37's bar for a shipped expert: its stochastic return on the fresh episodes of `expert.json`.

@@ -63,7 +63,7 @@ def experts_table(experts: Path) -> str:
                                             *_cells(task, info["medium"]),
                                             f"{info['medium']['fraction_of_expert']:.2f}"]) + " |")
         if legacy:
-            lines += ["", "Not re-chosen yet (shipped before issue 37, their trainings still running): "
+            lines += ["", "Still the experts shipped before issue 37 (their replacements are not finished): "
                           f"{', '.join(legacy)}."]
     return "\n".join([BEGIN, *lines, END])
 
