@@ -60,8 +60,7 @@ TITLES = {"swfp-v2": "SWFP v2 (the live schedule) on Hopper-v5 and Walker2d-v5, 
           "loop": "Where an environment step's time goes", "bc": "Flow BC against its dataset",
           "bc-lr1e-3": "Flow BC at the pre-training defaults of issue 37 (lr 1e-3, EMA warm-up), on the `small` "
                        "grid's medium data",
-          "bc-issue37": "Flow BC on the medium data of issue 37's experts (Hopper-v5 and HalfCheetah-v5 so far; "
-                        "the others are still to train)",
+          "bc-issue37": "Flow BC on the medium data of issue 37's experts (Ant-v5's is still to train)",
           "critic": "Critic update with and without the exact entropy term", "envs": "Vector-env stepping"}
 
 
