@@ -3,6 +3,7 @@ are chosen by their rules, warm-up actions stay in the box, and medium-replay is
 snapshot. One short InvertedPendulum run (3000 env steps, ~30 s) serves every test that needs a real run."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -139,6 +140,33 @@ def test_replay_dataset_tells_truncations_from_terminations_and_marks_the_cut():
     np.testing.assert_allclose(data.actions, 1.5)  # 0.5 of the box [-3, 3]
 
 
+def test_a_finished_expert_run_extended_with_a_larger_budget_continues_and_chooses_again(expert_run, tmp_path):
+    """``--resume --env-steps N`` continues a finished run from its end, as a run longer than one working
+    session is made in pieces: the history goes on, the replay keeps every earlier transition, and the choice
+    is made over every snapshot."""
+    out = tmp_path / "run"
+    shutil.copytree(expert_run, out)
+    longer = STEPS + EVERY
+    extended = swfp_expert("--out", str(out), "--resume", "--env-steps", str(longer))
+    assert extended.returncode == 0, extended.stderr
+    rows = read_csv(out / "eval.csv")
+    assert [int(r["step"]) for r in rows] == list(range(0, longer + 1, EVERY))
+    assert json.loads((out / "summary.json").read_text())["env_steps"] == longer
+    assert json.loads((out / "config.json").read_text())["run"]["total_env_steps"] == longer
+    assert json.loads((out / "expert.json").read_text())["env_steps"] == longer
+    assert json.loads((out / "meta.json").read_text())["budget_extended"] == [{"from": STEPS, "to": longer}]
+    assert (out / "snapshots" / str(longer) / "actor.safetensors").is_file()
+    before, after = recorded_replay(expert_run), recorded_replay(out)
+    assert len(after) == longer
+    np.testing.assert_array_equal(after.actions[:STEPS], before.actions[:STEPS])
+    # A budget below the run's cannot be "extended"; a budget past the replay ring would overwrite medium-replay.
+    shorter = swfp_expert("--out", str(out), "--resume", "--env-steps", str(STEPS))
+    too_long = swfp_expert("--out", str(out), "--resume", "--env-steps", "2000000")
+    for proc, says in ((shorter, f"below {out}'s budget of {longer}"), (too_long, "exceeds the run's replay_capacity")):
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads((out / "config.json").read_text())["run"]["total_env_steps"] == longer  # left as it was
+
+
 def test_running_moments_match_numpy():
     x = np.random.default_rng(0).normal(3.0, [0.1, 2.0, 50.0], (1000, 3))
     moments = RunningMoments(3)
@@ -149,10 +177,10 @@ def test_running_moments_match_numpy():
 
 
 def test_bad_expert_commands_exit_2_with_one_line(tmp_path):
-    resumed_with_flags = swfp_expert("--out", str(tmp_path), "--resume", "--env-steps", "10")
+    resumed_with_flags = swfp_expert("--out", str(tmp_path), "--resume", "--seed", "1")
     no_task = swfp_expert("--out", str(tmp_path))
     warm_up_too_long = swfp_expert("--task", TASK, "--env-steps", "100", "--out", str(tmp_path))  # 5000 > 100
-    for proc, says in ((resumed_with_flags, "drop --env-steps"), (no_task, "--task is required"),
+    for proc, says in ((resumed_with_flags, "drop --seed"), (no_task, "--task is required"),
                        (warm_up_too_long, "learning_starts 5000 >= 100")):
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 

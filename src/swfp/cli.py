@@ -98,7 +98,8 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 def expert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, help="Gymnasium id, e.g. Hopper-v5 (not with --resume)")
     p.add_argument("--env-steps", type=_positive(int), default=None,
-                   help="environment steps (default: the task's built-in budget, see README \"Reproduce\")")
+                   help="environment steps (default: the task's built-in budget, see README \"Reproduce\"); with "
+                        "--resume, a larger budget extends the run, finished or not")
     p.add_argument("--seed", type=_nonnegative_int, default=None, help="(default 0)")
     p.add_argument("--eval-every", type=_positive(int), default=None,
                    help="env steps between evaluations, each also a snapshot of the actor (default 20000)")
@@ -111,14 +112,14 @@ def expert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped or killed run from its checkpoint, with the settings it started with "
-                        "(on this command's --device and --threads)")
+                        "(on this command's --device and --threads), to its budget or to a larger --env-steps")
 
 
 @command("expert", "train a Gaussian SAC expert, resumable; ship its best snapshot and a medium one", expert_arguments)
 def cmd_expert(args) -> int:
     from swfp.algorithms import build_config
     from swfp.envs import task_spec
-    from swfp.expert import ExpertConfig, expert_run_config, train_expert
+    from swfp.expert import ExpertConfig, expert_run_config, extend_budget, train_expert
     from swfp.runio import read_json
     from swfp.runner import CHECKPOINT, RunConfig
 
@@ -128,10 +129,12 @@ def cmd_expert(args) -> int:
                 "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every}
     given = {key: value for key, value in settings.items() if value is not None}
     if args.resume:
+        env_steps = given.pop("env_steps", None)
         if given or args.set:
             flags = [f"--{key.replace('_', '-')}" for key in given] + ["--set"] * bool(args.set)
-            raise ValueError(f"--resume continues {out} with the settings it started with; drop {' '.join(flags)}")
-        saved = read_json(out / "config.json")
+            raise ValueError(f"--resume continues {out} with the settings it started with (only --env-steps may "
+                             f"extend its budget); drop {' '.join(flags)}")
+        saved = read_json(out / "config.json") if env_steps is None else extend_budget(out, env_steps)
         config, run_config = build_config(ExpertConfig, saved=saved["config"]), RunConfig(**saved["run"])
     else:
         if args.task is None:

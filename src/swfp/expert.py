@@ -41,7 +41,7 @@ from swfp.envs import env_dims
 from swfp.expert_choice import ChoiceConfig, choose
 from swfp.logger import plot_learning_curve
 from swfp.policy import EnvPolicy
-from swfp.runio import CheckpointError, read_json
+from swfp.runio import CheckpointError, atomic_write_json, read_json
 from swfp.runner import CHECKPOINT, RunConfig, run
 
 QUALITIES = ("expert", "medium")
@@ -137,6 +137,33 @@ def expert_run_config(task: str, env_steps: int, seed: int = 0, eval_every: int 
     medium-replay needs) and a snapshot at every evaluation."""
     return RunConfig(task=task, total_env_steps=env_steps, seed=seed, eval_every=min(eval_every, env_steps),
                      eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, snapshots=True)
+
+
+def extend_budget(out: Path, env_steps: int) -> dict:
+    """Raise the budget of the expert run ``out`` to ``env_steps`` before it is resumed, as SB3's
+    ``learn(total_timesteps, reset_num_timesteps=False)`` continues a model: the run goes on from its last
+    checkpoint (a finished run's is its end) with every other setting unchanged, and the choice is made again
+    over all its snapshots. ``config.json`` takes the new budget and ``meta.json`` records the extension.
+    Returns the saved configuration with the new budget. How a run longer than one working session is made
+    in pieces: run what fits, then extend it in the next session."""
+    out = Path(out)
+    saved = read_json(out / "config.json")
+    budget = saved["run"]["total_env_steps"]
+    if env_steps < budget:
+        raise ValueError(f"--env-steps {env_steps} is below {out}'s budget of {budget}: a resumed run can only be "
+                         f"extended; pass --env-steps above {budget}, or --resume alone to finish it")
+    capacity = saved["config"]["replay_capacity"]
+    if env_steps > capacity:
+        raise ValueError(f"--env-steps {env_steps} exceeds the run's replay_capacity {capacity}: the replay would "
+                         "overwrite its first transitions, which medium-replay needs; start a new run with "
+                         f"--set replay_capacity={env_steps}")
+    if env_steps > budget:
+        saved["run"]["total_env_steps"] = env_steps
+        meta = read_json(out / "meta.json")
+        meta.setdefault("budget_extended", []).append({"from": budget, "to": env_steps})
+        atomic_write_json(out / "config.json", saved)
+        atomic_write_json(out / "meta.json", meta)
+    return saved
 
 
 def train_expert(config: ExpertConfig, run_config: RunConfig, out: Path, resume: bool = False,
