@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swfp.algorithms import ACTORS
+from swfp.algorithms import ACTORS, build_config
 from swfp.algorithms.network_policy import NetworkPolicy
 from swfp.algorithms.rlpd import SACFromScratch, SACFromScratchConfig
 from swfp.buffer import ReplayBuffer
@@ -87,6 +87,17 @@ class RunningMoments:
         self.count, self.mean, self.m2 = int(state["count"]), state["mean"].numpy(), state["m2"].numpy()
 
 
+def check_budget(config: ExpertConfig, total_env_steps: int) -> None:
+    """An expert run's budget must fit its replay (medium-replay is the replay's prefix) and outlast its warm-up."""
+    if config.replay_capacity < total_env_steps:
+        raise ValueError(f"replay_capacity {config.replay_capacity} < {total_env_steps} env steps: the replay "
+                         "would overwrite its first transitions, which medium-replay needs; set "
+                         f"replay_capacity={total_env_steps} (--set, when the run starts)")
+    if config.learning_starts >= total_env_steps:
+        raise ValueError(f"learning_starts {config.learning_starts} >= {total_env_steps} env steps: the run would "
+                         "only act at random; lower it (--set learning_starts=N) or raise --env-steps")
+
+
 class Expert(SACFromScratch):
     """The ``sac`` baseline on its own running observation statistics (see the module docstring)."""
 
@@ -100,13 +111,7 @@ class Expert(SACFromScratch):
         low, high = action_bounds(task)
         frame = EnvPolicy(task, np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32), low, high, device=device)
         config = config or ExpertConfig()
-        if config.replay_capacity < total_env_steps:
-            raise ValueError(f"replay_capacity {config.replay_capacity} < {total_env_steps} env steps: the replay "
-                             "would overwrite its first transitions, which medium-replay needs; set "
-                             f"replay_capacity={total_env_steps}")
-        if config.learning_starts >= total_env_steps:
-            raise ValueError(f"learning_starts {config.learning_starts} >= {total_env_steps} env steps: the run would "
-                             "only act at random; lower it (--set learning_starts=N) or raise --env-steps")
+        check_budget(config, total_env_steps)
         super().__init__(frame, None, config, total_env_steps)
         self.moments = RunningMoments(obs_dim)
 
@@ -152,11 +157,7 @@ def extend_budget(out: Path, env_steps: int) -> dict:
     if env_steps < budget:
         raise ValueError(f"--env-steps {env_steps} is below {out}'s budget of {budget}: a resumed run can only be "
                          f"extended; pass --env-steps above {budget}, or --resume alone to finish it")
-    capacity = saved["config"]["replay_capacity"]
-    if env_steps > capacity:
-        raise ValueError(f"--env-steps {env_steps} exceeds the run's replay_capacity {capacity}: the replay would "
-                         "overwrite its first transitions, which medium-replay needs; start a new run with "
-                         f"--set replay_capacity={env_steps}")
+    check_budget(build_config(ExpertConfig, saved=saved["config"]), env_steps)
     if env_steps > budget:
         saved["run"]["total_env_steps"] = env_steps
         meta = read_json(out / "meta.json")
