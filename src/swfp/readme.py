@@ -61,6 +61,8 @@ TITLES = {"swfp-v2": "SWFP v2 (the live schedule) on Hopper-v5 and Walker2d-v5, 
           "bc-lr1e-3": "Flow BC at the pre-training defaults of issue 37 (lr 1e-3, EMA warm-up), on the `small` "
                        "grid's medium data",
           "bc-issue37": "Flow BC on the medium data of issue 37's experts (Ant-v5's is still to train)",
+          "expert-ant-v5-probes": "Ant-v5 expert runs of issue 37 side by side: two seeds and the critic's learning "
+                                  "rate (none shipped)",
           "critic": "Critic update with and without the exact entropy term", "envs": "Vector-env stepping"}
 
 
